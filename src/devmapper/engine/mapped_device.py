@@ -1,0 +1,224 @@
+"""A mapped device (dm.c's struct mapped_device): its tables, I/O gate, suspend and events.
+
+The I/O gate is the heart of suspend: I/O enters the gate (counted in flight), suspend closes
+the gate and waits for the count to reach zero, and resume swaps tables before reopening it.
+So a table swap never happens under a request, and nothing in flight is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from typing import TYPE_CHECKING
+
+from devmapper.targets.base import SECTOR_SHIFT
+from devmapper.uapi import encode_dev
+
+if TYPE_CHECKING:
+    from devmapper.engine.core import Engine
+    from devmapper.engine.table import Table
+
+
+def _eio(what: str) -> OSError:
+    return OSError(errno.EIO, what)
+
+
+class MappedDevice:
+    """One device: name, uuid, dev_t, live and inactive tables, and its block I/O path."""
+
+    def __init__(self, engine: Engine, name: str, uuid: str, major: int, minor: int) -> None:
+        self.engine = engine
+        self.name = name
+        self.uuid = uuid
+        self.major = major
+        self.minor = minor
+        self.live: Table | None = None
+        self.inactive: Table | None = None
+        self.read_only = False
+        self.suspended = False
+        self.frozen = False  # filesystem frozen by lockfs on suspend
+        self.deferred_remove = False
+        self.deleting = False
+        self.type_set = False  # first table loaded: later loads check limits at resume
+        self.geometry = (0, 0, 0, 0)
+        self.event_nr = 0
+        self._opens = 0
+        self._event_cond = threading.Condition()
+        self.suspend_lock = threading.Lock()
+        # the I/O gate
+        self._io_cond = threading.Condition(threading.Lock())
+        self._blocked = False
+        self._inflight = 0
+        self._nbytes = 0  # live table size, cached for the bounds check
+
+    # ---- identity, as an underlying device of another table
+    @property
+    def dev(self) -> int:
+        return encode_dev(self.major, self.minor)
+
+    @property
+    def dev_name(self) -> str:
+        return f"{self.major}:{self.minor}"
+
+    @property
+    def size(self) -> int:
+        return self._nbytes
+
+    @property
+    def logical_block_size(self) -> int:
+        return self.live.logical_block_size() if self.live else 512
+
+    # ---- open counting (openers of the block device and tables holding it)
+    @property
+    def open_count(self) -> int:
+        return self._opens
+
+    def open(self) -> None:
+        with self._event_cond:
+            if self.deleting:
+                raise OSError(errno.ENXIO, "device is being removed")
+            self._opens += 1
+
+    def close(self) -> None:
+        with self._event_cond:
+            self._opens -= 1
+            last = self._opens == 0 and self.deferred_remove
+        if last:
+            self.engine.run_deferred_removes()
+
+    # ---- events
+    def table_event(self) -> None:
+        """dm_table_event: a new event number, waiters woken, global event raised."""
+        with self._event_cond:
+            self.event_nr = (self.event_nr + 1) & 0xFFFFFFFF
+            self._event_cond.notify_all()
+        self.engine.global_event()
+
+    def wait_event(self, event_nr: int, cancelled: threading.Event | None = None) -> bool:
+        """Block until the event number differs from ``event_nr``. False if cancelled."""
+        with self._event_cond:
+            while self.event_nr == event_nr:
+                if cancelled is not None and cancelled.is_set():
+                    return False
+                self._event_cond.wait(0.2 if cancelled is not None else None)
+            return True
+
+    def wake_waiters(self) -> None:
+        with self._event_cond:
+            self._event_cond.notify_all()
+
+    # ---- suspend / resume (callers hold suspend_lock)
+    def suspend(self, noflush: bool, lockfs: bool) -> None:
+        if self.suspended:
+            return
+        table = self.live
+        if table is not None:
+            table.presuspend(noflush)
+        # lockfs is honoured only for a flushing suspend (noflush takes precedence).
+        if lockfs and not noflush:
+            self.frozen = self.engine.freeze(self)
+        with self._io_cond:
+            self._blocked = True
+            while self._inflight:
+                self._io_cond.wait()
+        if table is not None:
+            table.postsuspend()
+        self.suspended = True
+
+    def swap_table(self, table: Table) -> Table | None:
+        """dm_swap_table: only while suspended. Raises TableError if the table is invalid."""
+        table.validate_areas()
+        old = self.live
+        self.live = table
+        self.read_only = table.read_only
+        self._nbytes = table.nbytes
+        return old
+
+    def resume(self) -> None:
+        """dm_resume: EINVAL unless suspended with a live table of non-zero size."""
+        table = self.live
+        if not self.suspended or table is None or not table.size:
+            raise OSError(errno.EINVAL, "cannot resume")
+        table.preresume()
+        table.resume()
+        if self.frozen:
+            self.engine.thaw(self)
+            self.frozen = False
+        self.suspended = False
+        with self._io_cond:
+            self._blocked = False
+            self._io_cond.notify_all()
+
+    def destroy_suspend(self) -> None:
+        """__dm_destroy: targets see presuspend/postsuspend before their table goes."""
+        if not self.suspended and self.live is not None:
+            self.live.presuspend(False)
+            with self._io_cond:
+                self._blocked = True
+                while self._inflight:
+                    self._io_cond.wait()
+            self.live.postsuspend()
+            self.suspended = True
+
+    # ---- the I/O path: byte offsets from the device start
+    def _enter(self) -> Table:
+        cond = self._io_cond
+        with cond:
+            while self._blocked:
+                cond.wait()
+            self._inflight += 1
+        table = self.live
+        if table is None:
+            self._exit()
+            raise _eio("device has no table")
+        return table
+
+    def _exit(self) -> None:
+        cond = self._io_cond
+        with cond:
+            self._inflight -= 1
+            if self._blocked and not self._inflight:
+                cond.notify_all()
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        table = self._enter()
+        try:
+            if offset < 0 or offset + len(buf) > self._nbytes:
+                raise _eio("read beyond the end of the device")
+            table.read(offset, buf)
+        finally:
+            self._exit()
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        table = self._enter()
+        try:
+            if self.read_only:
+                raise OSError(errno.EROFS, "device is read-only")
+            if offset < 0 or offset + len(data) > self._nbytes:
+                raise _eio("write beyond the end of the device")
+            table.write(offset, data, fua)
+        finally:
+            self._exit()
+
+    def flush(self) -> None:
+        table = self._enter()
+        try:
+            table.flush()
+        finally:
+            self._exit()
+
+    def discard(self, offset: int, length: int) -> None:
+        table = self._enter()
+        try:
+            if self.read_only:
+                raise OSError(errno.EROFS, "device is read-only")
+            if offset < 0 or length < 0 or offset + length > self._nbytes:
+                raise _eio("discard beyond the end of the device")
+            if length:
+                table.discard(offset, length)
+        finally:
+            self._exit()
+
+    @property
+    def size_sectors(self) -> int:
+        return self._nbytes >> SECTOR_SHIFT

@@ -1,0 +1,223 @@
+"""A table: targets in sector order, built and validated as dm-table.c does.
+
+Lookup of the target for an offset is a bisect over the targets' start offsets, so a
+100,000-target table costs O(log n) per request. The table is immutable once complete;
+swapping tables happens only while the device is suspended with no I/O in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+from devmapper.targets import lookup_target_type
+from devmapper.targets.base import SECTOR, SECTOR_SHIFT, Target, TargetError
+from devmapper.uapi import split_params
+
+if TYPE_CHECKING:
+    from devmapper.engine.mapped_device import MappedDevice
+    from devmapper.targets.base import Underlying
+
+log = logging.getLogger("devmapper.kernel")
+
+
+class TableError(Exception):
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class Table:
+    """dm_table: the targets of one table slot, and the devices they hold open."""
+
+    def __init__(self, md: MappedDevice, read_only: bool) -> None:
+        self.md = md
+        self.read_only = read_only
+        self.targets: list[Target] = []
+        self.starts: list[int] = []  # byte offset of each target
+        self.ends: list[int] = []
+        self.nbytes = 0
+        self._devices: dict[int, Underlying] = {}  # id(dev) -> dev, in first-use order
+        self._singleton = False
+        self._single: Target | None = None
+
+    # ---- TargetContext
+    @property
+    def device_name(self) -> str:
+        return self.md.dev_name
+
+    def get_device(self, path: str) -> Underlying:
+        dev = self.md.engine.open_underlying(path, self.read_only, self.md)
+        self._devices.setdefault(id(dev), dev)
+        return dev
+
+    def event(self) -> None:
+        self.md.table_event()
+
+    # ---- building
+    @property
+    def size(self) -> int:
+        """Size in sectors: the end of the last target."""
+        return self.nbytes >> SECTOR_SHIFT
+
+    def add_target(self, type_name: str, start: int, length: int, params: str) -> None:
+        if self._singleton:
+            raise self._fail(type_name, "target type must appear alone in table", errno.EINVAL)
+        if not length:
+            log.error("%s: zero-length target", self.device_name)
+            raise TableError(errno.EINVAL, "zero-length target")
+        ttype = lookup_target_type(type_name)
+        if ttype is None:
+            log.error("%s: %s: unknown target type", self.device_name, type_name)
+            raise TableError(errno.EINVAL, f"{type_name}: unknown target type")
+        if ttype.singleton:
+            if self.targets:
+                raise self._fail(type_name, "singleton target type must appear alone in table",
+                                 errno.EINVAL)
+            self._singleton = True
+        if start != self.size:
+            raise self._fail(type_name, "Gap in table", errno.EINVAL)
+        try:
+            target = ttype(self, start, length, split_params(params))
+        except TargetError as e:
+            raise self._fail(type_name, str(e), e.errno)
+        except OSError as e:
+            raise self._fail(type_name, str(e), e.errno or errno.EINVAL)
+        self.targets.append(target)
+        self.starts.append(start << SECTOR_SHIFT)
+        self.nbytes = (start + length) << SECTOR_SHIFT
+        self.ends.append(self.nbytes)
+
+    def _fail(self, type_name: str, message: str, err: int) -> TableError:
+        log.error("%s: %s: %s (-%s)", self.device_name, type_name, message,
+                  errno.errorcode.get(err, err))
+        return TableError(err, message)
+
+    def complete(self) -> None:
+        self._single = self.targets[0] if len(self.targets) == 1 else None
+
+    def logical_block_size(self) -> int:
+        return max((t.io_block_size() for t in self.targets), default=SECTOR)
+
+    def validate_areas(self) -> None:
+        """dm_calculate_queue_limits: every area inside its device and block-aligned."""
+        table_lbs = SECTOR
+        for t in self.targets:
+            lbs = SECTOR
+            areas = t.iterate_devices()
+            for dev, _start, _len in areas:
+                lbs = max(lbs, dev.logical_block_size)
+            lbs_sectors = lbs >> SECTOR_SHIFT
+            for dev, start, length in areas:
+                dev_size = dev.size >> SECTOR_SHIFT
+                if not dev_size:
+                    continue
+                if start >= dev_size or start + length > dev_size:
+                    log.error("%s: %s too small for target: start=%d, len=%d, dev_size=%d",
+                              self.device_name, dev.name, start, length, dev_size)
+                    raise TableError(errno.EINVAL, f"{dev.name} too small for target")
+                if lbs_sectors > 1 and (start % lbs_sectors or length % lbs_sectors):
+                    log.error("%s: start=%d not aligned to h/w logical block size %d of %s",
+                              self.device_name, start, lbs, dev.name)
+                    raise TableError(errno.EINVAL, "area not aligned to logical block size")
+            table_lbs = max(table_lbs, lbs)
+        lbs_sectors = table_lbs >> SECTOR_SHIFT
+        if lbs_sectors > 1:
+            for t in self.targets:
+                if t.begin % lbs_sectors or t.length % lbs_sectors:
+                    log.error("%s: table line %d (start sect %d len %d) not aligned to h/w "
+                              "logical block size %d", self.device_name, self.targets.index(t),
+                              t.begin, t.length, table_lbs)
+                    raise TableError(errno.EINVAL, "misaligned target")
+
+    def devices(self) -> list[Underlying]:
+        """Devices in the order TABLE_DEPS lists them: the kernel adds each at the list head."""
+        return list(reversed(self._devices.values()))
+
+    def find_target(self, sector: int) -> Target | None:
+        if sector >= self.size:
+            return None
+        return self.targets[bisect_right(self.starts, sector << SECTOR_SHIFT) - 1]
+
+    def destroy(self) -> None:
+        for t in self.targets:
+            t.destroy()
+        for dev in self._devices.values():
+            self.md.engine.close_underlying(dev)
+        self._devices.clear()
+        self.targets.clear()
+
+    # ---- lifecycle hooks over all targets
+    def presuspend(self, noflush: bool) -> None:
+        for t in self.targets:
+            t.presuspend(noflush)
+
+    def postsuspend(self) -> None:
+        for t in self.targets:
+            t.postsuspend()
+
+    def preresume(self) -> None:
+        for t in self.targets:
+            t.preresume()
+
+    def resume(self) -> None:
+        for t in self.targets:
+            t.resume()
+
+    # ---- I/O: offsets in bytes from the device start; split at target boundaries
+    def read(self, offset: int, buf: memoryview) -> None:
+        single = self._single
+        if single is not None:
+            single.read(offset, buf)
+            return
+        i = bisect_right(self.starts, offset) - 1
+        end = offset + len(buf)
+        if end <= self.ends[i]:
+            self.targets[i].read(offset - self.starts[i], buf)
+            return
+        pos = 0
+        while offset + pos < end:
+            stop = min(end, self.ends[i])
+            self.targets[i].read(offset + pos - self.starts[i], buf[pos:stop - offset])
+            pos = stop - offset
+            i += 1
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        single = self._single
+        if single is not None:
+            single.write(offset, data, fua)
+            return
+        i = bisect_right(self.starts, offset) - 1
+        end = offset + len(data)
+        if end <= self.ends[i]:
+            self.targets[i].write(offset - self.starts[i], data, fua)
+            return
+        pos = 0
+        while offset + pos < end:
+            stop = min(end, self.ends[i])
+            self.targets[i].write(offset + pos - self.starts[i], data[pos:stop - offset], fua)
+            pos = stop - offset
+            i += 1
+
+    def discard(self, offset: int, length: int) -> None:
+        i = bisect_right(self.starts, offset) - 1
+        end = offset + length
+        while offset < end:
+            stop = min(end, self.ends[i])
+            self.targets[i].discard(offset - self.starts[i], stop - offset)
+            offset = stop
+            i += 1
+
+    def flush(self) -> None:
+        # One flush per distinct underlying device, as the kernel sends num_flush_bios.
+        seen: set[int] = set()
+        for t in self.targets:
+            if type(t).flush is not Target.flush:
+                t.flush()
+                continue
+            for dev in t.devices():
+                if id(dev) not in seen:
+                    seen.add(id(dev))
+                    dev.flush()

@@ -1,0 +1,200 @@
+"""Underlying devices: what dm_get_device opens.
+
+A table names a device as "major:minor" or as a path. The engine resolves it to one of:
+- another mapped device of this engine (stacking stays inside the engine, never through the
+  kernel's loop device back into our own FUSE file, which could deadlock);
+- a real block device, opened by its node;
+- a regular file (an extension of ours: it prints as its absolute path, and has no dev_t).
+
+Opened devices are shared engine-wide with a reference count, as the kernel shares
+table_devices: a 100,000-target table over one file holds one descriptor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import stat
+import struct
+import threading
+from typing import TYPE_CHECKING
+
+from devmapper.uapi import encode_dev
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKDISCARD = 0x1277
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc: ctypes.CDLL | None = None
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class FdDevice:
+    """A block device or regular file read and written with preadv/pwritev."""
+
+    __slots__ = ("name", "dev", "path", "fd", "size", "logical_block_size", "read_only",
+                 "is_block", "refs", "key")
+
+    def __init__(self, key: object, name: str, dev: int, path: str, read_only: bool) -> None:
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        self.fd = os.open(path, flags)
+        st = os.fstat(self.fd)
+        self.is_block = stat.S_ISBLK(st.st_mode)
+        self.key = key
+        self.name = name
+        self.dev = dev
+        self.path = path
+        self.read_only = read_only
+        self.refs = 0
+        if self.is_block:
+            self.size = struct.unpack("Q", fcntl.ioctl(self.fd, BLKGETSIZE64, bytes(8)))[0]
+            self.logical_block_size = struct.unpack(
+                "i", fcntl.ioctl(self.fd, BLKSSZGET, bytes(4)))[0]
+        else:
+            self.size = st.st_size
+            self.logical_block_size = 512
+
+    def refresh_size(self) -> int:
+        if self.is_block:
+            self.size = struct.unpack("Q", fcntl.ioctl(self.fd, BLKGETSIZE64, bytes(8)))[0]
+        else:
+            self.size = os.fstat(self.fd).st_size
+        return self.size
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        n = os.preadv(self.fd, (buf,), offset)
+        if n != len(buf):
+            self._short(offset, buf, n)
+
+    def _short(self, offset: int, buf: memoryview, n: int) -> None:
+        # A short read is either EOF (the file shrank under us) or an interrupted transfer.
+        while n < len(buf):
+            got = os.preadv(self.fd, (buf[n:],), offset + n)
+            if got <= 0:
+                raise OSError(errno.EIO, "I/O error: read past the end of the underlying device")
+            n += got
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        n = os.pwritev(self.fd, (data,), offset, os.RWF_DSYNC if fua else 0)
+        while n < len(data):
+            got = os.pwritev(self.fd, (data[n:],), offset + n, os.RWF_DSYNC if fua else 0)
+            if got <= 0:
+                raise OSError(errno.EIO, "I/O error: short write")
+            n += got
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def discard(self, offset: int, length: int) -> None:
+        if self.is_block:
+            fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+        else:
+            _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def parse_major_minor(path: str) -> tuple[int, int] | None:
+    """sscanf("%u:%u%c"): "major:minor" with nothing after."""
+    major, sep, minor = path.partition(":")
+    if sep and major.isdigit() and minor.isdigit() and major.isascii() and minor.isascii():
+        return int(major), int(minor)
+    return None
+
+
+def block_node_for(major: int, minor: int) -> str | None:
+    """The /dev node of a block device, from sysfs (no udev needed)."""
+    try:
+        with open(f"/sys/dev/block/{major}:{minor}/uevent") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    node = "/dev/" + line.strip().split("=", 1)[1]
+                    if os.path.exists(node):
+                        return node
+    except OSError:
+        return None
+    return None
+
+
+class DeviceCache:
+    """Engine-wide table of opened underlying devices, shared with a reference count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[object, FdDevice] = {}
+
+    def get(self, key: object, opener: Callable[[], FdDevice]) -> FdDevice:
+        with self._lock:
+            dev = self._open.get(key)
+            if dev is None:
+                dev = opener()
+                self._open[key] = dev
+            dev.refs += 1
+            return dev
+
+    def put(self, dev: FdDevice) -> None:
+        with self._lock:
+            dev.refs -= 1
+            if dev.refs == 0:
+                del self._open[dev.key]
+                dev.close()
+
+
+def open_path(cache: DeviceCache, path: str, read_only: bool,
+              mapped_lookup: Callable[[int, int], object | None]) -> object:
+    """Resolve a table's device argument the way dm_get_device does.
+
+    Returns a mapped device (via ``mapped_lookup``), or a shared FdDevice.
+    Raises OSError: ENXIO for a major:minor nothing answers to, ENODEV for a missing path.
+    """
+    mm = parse_major_minor(path)
+    if mm is not None:
+        major, minor = mm
+        if major >= 1 << 12 or minor >= 1 << 20:
+            raise OSError(errno.EOVERFLOW, "major:minor out of range")
+        mapped = mapped_lookup(major, minor)
+        if mapped is not None:
+            return mapped
+        node = block_node_for(major, minor)
+        if node is None:
+            raise OSError(errno.ENXIO, f"no block device {path}")
+        key: object = ("blk", major, minor)
+        return cache.get((key, read_only),
+                         lambda: FdDevice((key, read_only), path, encode_dev(major, minor),
+                                          node, read_only))
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise OSError(errno.ENODEV, f"{path}: no such device")
+    if stat.S_ISBLK(st.st_mode):
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        mapped = mapped_lookup(major, minor)
+        if mapped is not None:
+            return mapped
+        key = ("blk", major, minor)
+        return cache.get((key, read_only),
+                         lambda: FdDevice((key, read_only), f"{major}:{minor}",
+                                          encode_dev(major, minor), path, read_only))
+    if stat.S_ISREG(st.st_mode):
+        real = os.path.realpath(path)
+        key = ("file", st.st_dev, st.st_ino)
+        return cache.get((key, read_only),
+                         lambda: FdDevice((key, read_only), real, 0, real, read_only))
+    raise OSError(errno.ENOTBLK, f"{path}: not a block device")

@@ -1,0 +1,384 @@
+"""The device-mapper ioctl interface, version 4: every struct, flag and command in one place.
+
+Mirrors include/uapi/linux/dm-ioctl.h. All integers are native-endian (the ioctl ABI);
+every encoder here produces exactly the bytes the kernel reads or writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+DM_DIR = "mapper"
+DM_CONTROL_NODE = "control"
+DM_MAX_TYPE_NAME = 16
+DM_NAME_LEN = 128
+DM_UUID_LEN = 129
+
+DM_VERSION_MAJOR = 4
+#: The interface version the engine reports: the one Debian 12's kernel 6.1 reports.
+ENGINE_VERSION = (4, 47, 0)
+
+#: The smallest buffer the kernel accepts (offsetof(struct dm_ioctl, data)).
+DM_IOCTL_MIN_SIZE = 305
+DM_IOCTL_SIZE = 312
+DM_MAX_DATA_SIZE = 1 << 30
+DM_MAX_TARGETS = 1048576
+
+_IOCTL_STRUCT = struct.Struct("=3IIIIiIIIQ128s129s7s")
+assert _IOCTL_STRUCT.size == DM_IOCTL_SIZE
+
+SPEC = struct.Struct("=QQiI16s")  # dm_target_spec
+DEPS_HEAD = struct.Struct("=II")  # dm_target_deps count, padding
+NAME_LIST_HEAD = struct.Struct("=QI")  # dm_name_list dev, next
+VERSIONS_HEAD = struct.Struct("=I3I")  # dm_target_versions next, version[3]
+MSG_HEAD = struct.Struct("=Q")  # dm_target_msg sector
+U64 = struct.Struct("=Q")
+U32X2 = struct.Struct("=II")
+
+
+class Cmd(enum.IntEnum):
+    VERSION = 0
+    REMOVE_ALL = 1
+    LIST_DEVICES = 2
+    DEV_CREATE = 3
+    DEV_REMOVE = 4
+    DEV_RENAME = 5
+    DEV_SUSPEND = 6
+    DEV_STATUS = 7
+    DEV_WAIT = 8
+    TABLE_LOAD = 9
+    TABLE_CLEAR = 10
+    TABLE_DEPS = 11
+    TABLE_STATUS = 12
+    LIST_VERSIONS = 13
+    TARGET_MSG = 14
+    DEV_SET_GEOMETRY = 15
+    DEV_ARM_POLL = 16
+    GET_TARGET_VERSION = 17
+
+
+class Flag(enum.IntFlag):
+    READONLY = 1 << 0
+    SUSPEND = 1 << 1
+    EXISTS = 1 << 2  # libdevmapper-private
+    PERSISTENT_DEV = 1 << 3
+    STATUS_TABLE = 1 << 4
+    ACTIVE_PRESENT = 1 << 5
+    INACTIVE_PRESENT = 1 << 6
+    BUFFER_FULL = 1 << 8
+    SKIP_BDGET = 1 << 9
+    SKIP_LOCKFS = 1 << 10
+    NOFLUSH = 1 << 11
+    QUERY_INACTIVE_TABLE = 1 << 12
+    UEVENT_GENERATED = 1 << 13
+    UUID = 1 << 14
+    SECURE_DATA = 1 << 15
+    DATA_OUT = 1 << 16
+    DEFERRED_REMOVE = 1 << 17
+    INTERNAL_SUSPEND = 1 << 18
+    IMA_MEASUREMENT = 1 << 19
+
+
+#: Flags the kernel clears on entry to every command.
+FLAGS_CLEARED_ON_ENTRY = Flag.BUFFER_FULL | Flag.UEVENT_GENERATED | Flag.SECURE_DATA | Flag.DATA_OUT
+
+NAME_LIST_FLAG_HAS_UUID = 1
+NAME_LIST_FLAG_DOESNT_HAVE_UUID = 2
+
+#: _IOWR(0xfd, nr, struct dm_ioctl) on x86, arm and most other architectures.
+IOCTL_BASE = 0xC0000000 | (DM_IOCTL_SIZE << 16) | (0xFD << 8)
+
+
+def ioctl_request(cmd: int) -> int:
+    return IOCTL_BASE | cmd
+
+
+#: Interface version libdevmapper puts in each command (what it needs the kernel to have).
+CMD_MIN_VERSION: dict[Cmd, tuple[int, int, int]] = {
+    Cmd.DEV_SET_GEOMETRY: (4, 6, 0),
+    Cmd.TARGET_MSG: (4, 2, 0),
+    Cmd.DEV_ARM_POLL: (4, 36, 0),
+    Cmd.GET_TARGET_VERSION: (4, 41, 0),
+}
+
+
+def encode_dev(major: int, minor: int) -> int:
+    """huge_encode_dev: the u64 the ioctl carries."""
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def decode_dev(dev: int) -> tuple[int, int]:
+    major = (dev >> 8) & 0xFFF
+    minor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+    return major, minor
+
+
+def os_dev_to_pair(dev: int) -> tuple[int, int]:
+    """The kernel's new_decode_dev, the same as os.major/os.minor for st_rdev."""
+    import os
+
+    return os.major(dev), os.minor(dev)
+
+
+def _cstr(raw: bytes) -> str:
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode("utf-8", "surrogateescape")
+
+
+def _fixed(text: str, size: int) -> bytes:
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) >= size:
+        raise ValueError(f"{text!r} is longer than {size - 1} bytes")
+    return raw
+
+
+def align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+@dataclass
+class DmIoctl:
+    """struct dm_ioctl, the 312-byte header of every request and reply."""
+
+    version: tuple[int, int, int] = (DM_VERSION_MAJOR, 0, 0)
+    data_size: int = DM_IOCTL_SIZE
+    data_start: int = DM_IOCTL_SIZE
+    target_count: int = 0
+    open_count: int = 0
+    flags: int = 0
+    event_nr: int = 0
+    dev: int = 0
+    name: str = ""
+    uuid: str = ""
+    # Raw bytes of name/uuid as received: the kernel checks their termination itself.
+    raw_name: bytes = field(default=b"", repr=False)
+    raw_uuid: bytes = field(default=b"", repr=False)
+
+    def pack(self) -> bytes:
+        return _IOCTL_STRUCT.pack(
+            *self.version,
+            self.data_size,
+            self.data_start,
+            self.target_count,
+            self.open_count,
+            self.flags & 0xFFFFFFFF,
+            self.event_nr & 0xFFFFFFFF,
+            0,
+            self.dev,
+            _fixed(self.name, DM_NAME_LEN),
+            _fixed(self.uuid, DM_UUID_LEN),
+            b"",
+        )
+
+    def pack_into(self, buf: bytearray) -> None:
+        buf[:DM_IOCTL_SIZE] = self.pack()
+
+    @classmethod
+    def unpack(cls, buf: bytes | bytearray | memoryview) -> DmIoctl:
+        if len(buf) < DM_IOCTL_SIZE:
+            buf = bytes(buf) + bytes(DM_IOCTL_SIZE - len(buf))
+        (v0, v1, v2, data_size, data_start, target_count, open_count, flags, event_nr, _pad,
+         dev, name, uuid, _data) = _IOCTL_STRUCT.unpack_from(buf)
+        return cls(
+            (v0, v1, v2), data_size, data_start, target_count, open_count, flags, event_nr,
+            dev, _cstr(name), _cstr(uuid), name, uuid,
+        )
+
+
+def build_request(hdr: DmIoctl, payload: bytes = b"", size: int = 0) -> bytearray:
+    """A request buffer: header, payload at 312, padded to at least ``size`` bytes."""
+    total = max(DM_IOCTL_SIZE + len(payload), size)
+    buf = bytearray(total)
+    hdr.data_size = total
+    hdr.data_start = DM_IOCTL_SIZE
+    hdr.pack_into(buf)
+    buf[DM_IOCTL_SIZE:DM_IOCTL_SIZE + len(payload)] = payload
+    return buf
+
+
+# ---------------------------------------------------------------- target specs
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One line of a table: sector_start, length, target type and its parameters."""
+
+    start: int
+    length: int
+    target_type: str
+    params: str
+    status: int = 0
+
+
+def encode_load_specs(specs: list[TargetSpec]) -> bytes:
+    """TABLE_LOAD payload: each spec's ``next`` is relative to that spec."""
+    out = bytearray()
+    for spec in specs:
+        params = spec.params.encode("utf-8", "surrogateescape") + b"\0"
+        rec_len = align8(SPEC.size + len(params))
+        out += SPEC.pack(spec.start, spec.length, spec.status, rec_len,
+                         _fixed(spec.target_type, DM_MAX_TYPE_NAME))
+        out += params + bytes(rec_len - SPEC.size - len(params))
+    return bytes(out)
+
+
+def encode_status_specs(specs: list[TargetSpec]) -> bytes:
+    """TABLE_STATUS/DEV_WAIT payload: ``next`` is relative to the first spec."""
+    out = bytearray()
+    for spec in specs:
+        params = spec.params.encode("utf-8", "surrogateescape") + b"\0"
+        rec_len = align8(SPEC.size + len(params))
+        out += SPEC.pack(spec.start, spec.length, spec.status, len(out) + rec_len,
+                         _fixed(spec.target_type, DM_MAX_TYPE_NAME))
+        out += params + bytes(rec_len - SPEC.size - len(params))
+    return bytes(out)
+
+
+def decode_status_reply(buf: bytes | memoryview, hdr: DmIoctl) -> list[TargetSpec]:
+    specs = []
+    first = hdr.data_start
+    pos = first
+    for _ in range(hdr.target_count):
+        s, length, status, nxt, ttype = SPEC.unpack_from(buf, pos)
+        params = _cstr(bytes(buf[pos + SPEC.size:hdr.data_size]))
+        specs.append(TargetSpec(s, length, _cstr(ttype), params, status))
+        pos = first + nxt
+    return specs
+
+
+# ---------------------------------------------------------------- other payloads
+
+
+def encode_deps(devs: list[int]) -> bytes:
+    return DEPS_HEAD.pack(len(devs), 0) + b"".join(U64.pack(d) for d in devs)
+
+
+def decode_deps(buf: bytes | memoryview, start: int) -> list[int]:
+    count, _ = DEPS_HEAD.unpack_from(buf, start)
+    return [U64.unpack_from(buf, start + 8 + 8 * i)[0] for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class NameListEntry:
+    name: str
+    dev: int
+    event_nr: int | None = None
+    uuid: str | None = None
+
+
+def encode_name_list(entries: list[NameListEntry], with_uuid: bool) -> bytes:
+    """LIST_DEVICES payload with the event_nr/flags/uuid trailer of interface >= 4.45."""
+    if not entries:
+        # An empty list is one zeroed record (dev 0, next 0, empty name).
+        return bytes(16)
+    out = bytearray()
+    for i, ent in enumerate(entries):
+        rec = bytearray(NAME_LIST_HEAD.size)
+        rec += ent.name.encode("utf-8", "surrogateescape") + b"\0"
+        rec += bytes(align8(len(rec)) - len(rec))
+        if with_uuid and ent.uuid:
+            flags = NAME_LIST_FLAG_HAS_UUID
+            rec += U32X2.pack(ent.event_nr or 0, flags)
+            rec += ent.uuid.encode("utf-8", "surrogateescape") + b"\0"
+        else:
+            flags = NAME_LIST_FLAG_DOESNT_HAVE_UUID if with_uuid else 0
+            rec += U32X2.pack(ent.event_nr or 0, flags)
+        rec += bytes(align8(len(rec)) - len(rec))
+        nxt = 0 if i == len(entries) - 1 else len(rec)
+        NAME_LIST_HEAD.pack_into(rec, 0, ent.dev, nxt)
+        out += rec
+    return bytes(out)
+
+
+def decode_name_list(buf: bytes | memoryview, start: int, end: int) -> list[NameListEntry]:
+    entries: list[NameListEntry] = []
+    pos = start
+    while True:
+        dev, nxt = NAME_LIST_HEAD.unpack_from(buf, pos)
+        if dev == 0 and nxt == 0 and not entries and buf[pos + 12] == 0:
+            return entries
+        name_raw = bytes(buf[pos + 12:(pos + nxt) if nxt else end])
+        nul = name_raw.find(b"\0")
+        name = name_raw[:nul].decode("utf-8", "surrogateescape")
+        trailer = pos + align8(12 + nul + 1)
+        event_nr: int | None = None
+        uuid: str | None = None
+        limit = pos + nxt if nxt else end
+        if trailer + 8 <= limit:
+            event_nr, flags = U32X2.unpack_from(buf, trailer)
+            if flags & NAME_LIST_FLAG_HAS_UUID:
+                uuid = _cstr(bytes(buf[trailer + 8:limit]))
+        entries.append(NameListEntry(name, dev, event_nr, uuid))
+        if not nxt:
+            return entries
+        pos += nxt
+
+
+@dataclass(frozen=True, slots=True)
+class TargetVersion:
+    name: str
+    version: tuple[int, int, int]
+
+
+def encode_versions(targets: list[TargetVersion]) -> bytes:
+    out = bytearray()
+    for i, tv in enumerate(targets):
+        name = tv.name.encode() + b"\0"
+        rec_len = align8(VERSIONS_HEAD.size + len(name))
+        nxt = 0 if i == len(targets) - 1 else rec_len
+        out += VERSIONS_HEAD.pack(nxt, *tv.version) + name
+        out += bytes(rec_len - VERSIONS_HEAD.size - len(name))
+    return bytes(out)
+
+
+def decode_versions(buf: bytes | memoryview, start: int) -> list[TargetVersion]:
+    out = []
+    pos = start
+    while True:
+        nxt, a, b, c = VERSIONS_HEAD.unpack_from(buf, pos)
+        name = _cstr(bytes(buf[pos + 16:pos + 16 + DM_MAX_TYPE_NAME + 64]))
+        out.append(TargetVersion(name, (a, b, c)))
+        if not nxt:
+            return out
+        pos += nxt
+
+
+def encode_target_msg(sector: int, message: str) -> bytes:
+    return MSG_HEAD.pack(sector) + message.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def encode_string(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def decode_string(buf: bytes | memoryview, start: int, end: int) -> str:
+    return _cstr(bytes(buf[start:end]))
+
+
+def split_params(params: str) -> list[str]:
+    """dm_split_args: split on whitespace; a backslash makes the next character literal."""
+    out: list[str] = []
+    cur: list[str] = []
+    in_word = False
+    escaped = False
+    for ch in params:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+            in_word = True
+        elif ch == "\\":
+            escaped = True
+            in_word = True
+        elif ch.isspace():
+            if in_word:
+                out.append("".join(cur))
+                cur = []
+                in_word = False
+        else:
+            cur.append(ch)
+            in_word = True
+    if in_word:
+        out.append("".join(cur))
+    return out
