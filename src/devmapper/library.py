@@ -142,6 +142,7 @@ class DeviceMapper:
 
             transport = default_transport()
         self.transport = transport
+        self._size_hint: dict[int, int] = {}
 
     @classmethod
     def in_process(cls) -> DeviceMapper:
@@ -164,7 +165,8 @@ class DeviceMapper:
                 payload: bytes = b"", event_nr: int = 0, target_count: int = 0,
                 size: int = 0) -> Reply:
         """Send one command; on BUFFER_FULL retry with a bigger buffer."""
-        size = size or max(INITIAL_BUFFER, DM_IOCTL_SIZE + len(payload))
+        size = max(size or self._size_hint.get(cmd, INITIAL_BUFFER),
+                   DM_IOCTL_SIZE + len(payload))
         version = uapi.CMD_MIN_VERSION.get(cmd, (4, 0, 0))
         while True:
             hdr = DmIoctl(version=version, flags=flags, name=name, uuid=uuid, dev=dev,
@@ -177,6 +179,7 @@ class DeviceMapper:
             out = DmIoctl.unpack(buf)
             if out.flags & Flag.BUFFER_FULL and size < uapi.DM_MAX_DATA_SIZE:
                 size = min(size * 8, uapi.DM_MAX_DATA_SIZE)
+                self._size_hint[cmd] = size  # the next call of this kind starts there
                 continue
             return Reply(out, bytes(buf))
 

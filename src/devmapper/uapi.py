@@ -59,7 +59,9 @@ class Cmd(enum.IntEnum):
     GET_TARGET_VERSION = 17
 
 
-class Flag(enum.IntFlag):
+class Flag:
+    """Flag bits of dm_ioctl.flags, as plain ints: they are tested on every command."""
+
     READONLY = 1 << 0
     SUSPEND = 1 << 1
     EXISTS = 1 << 2  # libdevmapper-private
@@ -79,6 +81,11 @@ class Flag(enum.IntFlag):
     DEFERRED_REMOVE = 1 << 17
     INTERNAL_SUSPEND = 1 << 18
     IMA_MEASUREMENT = 1 << 19
+
+
+def flag_names(flags: int) -> list[str]:
+    return [name for name, bit in vars(Flag).items()
+            if isinstance(bit, int) and not name.startswith("_") and flags & bit]
 
 
 #: Flags the kernel clears on entry to every command.
@@ -268,48 +275,51 @@ class NameListEntry:
     uuid: str | None = None
 
 
+_PAD = [bytes(i) for i in range(8)]
+
+
 def encode_name_list(entries: list[NameListEntry], with_uuid: bool) -> bytes:
     """LIST_DEVICES payload with the event_nr/flags/uuid trailer of interface >= 4.45."""
-    if not entries:
-        # An empty list is one zeroed record (dev 0, next 0, empty name).
-        return bytes(16)
-    out = bytearray()
+    parts: list[bytes] = []
+    head, trailer = NAME_LIST_HEAD.pack, U32X2.pack
+    last = len(entries) - 1
     for i, ent in enumerate(entries):
-        rec = bytearray(NAME_LIST_HEAD.size)
-        rec += ent.name.encode("utf-8", "surrogateescape") + b"\0"
-        rec += bytes(align8(len(rec)) - len(rec))
-        if with_uuid and ent.uuid:
-            flags = NAME_LIST_FLAG_HAS_UUID
-            rec += U32X2.pack(ent.event_nr or 0, flags)
-            rec += ent.uuid.encode("utf-8", "surrogateescape") + b"\0"
-        else:
-            flags = NAME_LIST_FLAG_DOESNT_HAVE_UUID if with_uuid else 0
-            rec += U32X2.pack(ent.event_nr or 0, flags)
-        rec += bytes(align8(len(rec)) - len(rec))
-        nxt = 0 if i == len(entries) - 1 else len(rec)
-        NAME_LIST_HEAD.pack_into(rec, 0, ent.dev, nxt)
-        out += rec
-    return bytes(out)
+        name = ent.name.encode("utf-8", "surrogateescape")
+        name_pad = -(13 + len(name)) & 7
+        rec_len = 13 + len(name) + name_pad + 8
+        uuid = b""
+        flags = 0
+        if with_uuid:
+            if ent.uuid:
+                flags = NAME_LIST_FLAG_HAS_UUID
+                uuid = ent.uuid.encode("utf-8", "surrogateescape") + b"\0"
+                uuid += _PAD[-len(uuid) & 7]
+                rec_len += len(uuid)
+            else:
+                flags = NAME_LIST_FLAG_DOESNT_HAVE_UUID
+        parts += (head(ent.dev, 0 if i == last else rec_len), name, b"\0", _PAD[name_pad],
+                  trailer(ent.event_nr or 0, flags), uuid)
+    return b"".join(parts)
 
 
 def decode_name_list(buf: bytes | memoryview, start: int, end: int) -> list[NameListEntry]:
     entries: list[NameListEntry] = []
+    raw = bytes(buf[:end]) if not isinstance(buf, bytes) else buf
+    unpack_head, unpack_tr = NAME_LIST_HEAD.unpack_from, U32X2.unpack_from
     pos = start
     while True:
-        dev, nxt = NAME_LIST_HEAD.unpack_from(buf, pos)
-        if dev == 0 and nxt == 0 and not entries and buf[pos + 12] == 0:
-            return entries
-        name_raw = bytes(buf[pos + 12:(pos + nxt) if nxt else end])
-        nul = name_raw.find(b"\0")
-        name = name_raw[:nul].decode("utf-8", "surrogateescape")
-        trailer = pos + align8(12 + nul + 1)
+        dev, nxt = unpack_head(raw, pos)
+        limit = pos + nxt if nxt else end
+        nul = raw.index(b"\0", pos + 12, limit)
+        name = raw[pos + 12:nul].decode("utf-8", "surrogateescape")
+        trailer = pos + ((nul + 1 - pos + 7) & ~7)
         event_nr: int | None = None
         uuid: str | None = None
-        limit = pos + nxt if nxt else end
         if trailer + 8 <= limit:
-            event_nr, flags = U32X2.unpack_from(buf, trailer)
+            event_nr, flags = unpack_tr(raw, trailer)
             if flags & NAME_LIST_FLAG_HAS_UUID:
-                uuid = _cstr(bytes(buf[trailer + 8:limit]))
+                uend = raw.index(b"\0", trailer + 8, limit)
+                uuid = raw[trailer + 8:uend].decode("utf-8", "surrogateescape")
         entries.append(NameListEntry(name, dev, event_nr, uuid))
         if not nxt:
             return entries

@@ -9,6 +9,7 @@ through :meth:`Engine.ioctl` (see ioctl.py), exactly as the kernel receives them
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import threading
 from typing import TYPE_CHECKING, Protocol
@@ -109,6 +110,8 @@ class Engine:
         self.by_uuid: dict[str, MappedDevice] = {}
         self.by_dev: dict[tuple[int, int], MappedDevice] = {}
         self._minors: set[int] = set()
+        self._freed: list[int] = []  # heap of released minors below _next_minor
+        self._next_minor = 0
         self.cache = DeviceCache()
         self.global_event_nr = 0
         self._sessions: set[ControlSession] = set()
@@ -135,16 +138,29 @@ class Engine:
 
     # ---- registry
     def allocate_minor(self, minor: int | None) -> int:
+        """The lowest free minor, as idr_alloc gives it, or the one asked for."""
         if minor is None:
-            minor = 0
-            while minor in self._minors:
-                minor += 1
+            while self._freed and self._freed[0] in self._minors:
+                heapq.heappop(self._freed)  # taken meanwhile by a persistent minor
+            if self._freed:
+                minor = heapq.heappop(self._freed)
+            else:
+                while self._next_minor in self._minors:
+                    self._next_minor += 1
+                minor = self._next_minor
+                self._next_minor += 1
         elif minor >= 1 << MINORBITS:
             raise OSError(errno.EINVAL, "minor out of range")
         elif minor in self._minors:
             raise OSError(errno.EBUSY, "minor in use")
         self._minors.add(minor)
         return minor
+
+    def release_minor(self, minor: int) -> None:
+        if minor in self._minors:
+            self._minors.discard(minor)
+            if minor < self._next_minor:
+                heapq.heappush(self._freed, minor)
 
     def find(self, name: str, uuid: str, dev: int) -> MappedDevice | None:
         """__find_device_hash_cell: uuid, then name, then dev; mixing them finds nothing."""
@@ -205,7 +221,7 @@ class Engine:
         if md.uuid:
             del self.by_uuid[md.uuid]
         del self.by_dev[(md.major, md.minor)]
-        self._minors.discard(md.minor)
+        self.release_minor(md.minor)
         if md.live is not None:
             md.table_event()
         if self.exposure:

@@ -149,11 +149,13 @@ def list_devices(engine: Engine, req: Req) -> None:
     pfx_name, pfx_uuid = hdr.name, hdr.uuid
     with_uuid = bool(hdr.flags & Flag.UUID)
     with engine.lock:
-        mds = sorted((md for md in engine.by_name.values()
-                      if md.name.startswith(pfx_name) and md.uuid.startswith(pfx_uuid)),
-                     key=lambda md: md.name.encode("utf-8", "surrogateescape"))
-        entries = [uapi.NameListEntry(md.name, md.dev, md.event_nr, md.uuid or None)
-                   for md in mds]
+        # Code point order is UTF-8 byte order: the kernel's rb-tree order by strcmp.
+        mds = sorted(engine.by_name.items())
+        if pfx_name or pfx_uuid:
+            mds = [(n, md) for n, md in mds
+                   if n.startswith(pfx_name) and md.uuid.startswith(pfx_uuid)]
+        entries = [uapi.NameListEntry(n, md.dev, md.event_nr, md.uuid or None)
+                   for n, md in mds]
     payload = uapi.encode_name_list(entries, with_uuid) if entries else b""
     space = req.result_space()
     if space < len(payload) or space < 8:
@@ -187,11 +189,11 @@ def dev_create(engine: Engine, req: Req) -> None:
             try:
                 dev = engine.exposure.allocate(md)
             except OSError:
-                engine._minors.discard(minor)
+                engine.release_minor(minor)
                 raise
             if dev is not None:
-                engine._minors.discard(minor)
-                md.major, md.minor = dev
+                engine.release_minor(minor)
+                md.set_dev(*dev)
         engine.by_name[md.name] = md
         if md.uuid:
             engine.by_uuid[md.uuid] = md

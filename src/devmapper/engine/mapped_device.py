@@ -15,6 +15,8 @@ from devmapper.targets.base import SECTOR_SHIFT
 from devmapper.uapi import encode_dev
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from devmapper.engine.core import Engine
     from devmapper.engine.table import Table
 
@@ -30,8 +32,7 @@ class MappedDevice:
         self.engine = engine
         self.name = name
         self.uuid = uuid
-        self.major = major
-        self.minor = minor
+        self.set_dev(major, minor)
         self.live: Table | None = None
         self.inactive: Table | None = None
         self.read_only = False
@@ -46,19 +47,19 @@ class MappedDevice:
         self._event_cond = threading.Condition()
         self.suspend_lock = threading.Lock()
         # the I/O gate
-        self._io_cond = threading.Condition(threading.Lock())
+        self._io_lock = threading.Lock()
+        self._io_cond = threading.Condition(self._io_lock)
         self._blocked = False
         self._inflight = 0
         self._nbytes = 0  # live table size, cached for the bounds check
+        self._read: Callable[[int, memoryview], None] = self._no_table
+        self._write: Callable[[int, memoryview, bool], None] = self._no_table
 
     # ---- identity, as an underlying device of another table
-    @property
-    def dev(self) -> int:
-        return encode_dev(self.major, self.minor)
-
-    @property
-    def dev_name(self) -> str:
-        return f"{self.major}:{self.minor}"
+    def set_dev(self, major: int, minor: int) -> None:
+        self.major, self.minor = major, minor
+        self.dev = encode_dev(major, minor)
+        self.dev_name = f"{major}:{minor}"
 
     @property
     def size(self) -> int:
@@ -132,6 +133,7 @@ class MappedDevice:
         self.live = table
         self.read_only = table.read_only
         self._nbytes = table.nbytes
+        self._read, self._write = table.io_entry_points()
         return old
 
     def resume(self) -> None:
@@ -161,51 +163,57 @@ class MappedDevice:
             self.suspended = True
 
     # ---- the I/O path: byte offsets from the device start
-    def _enter(self) -> Table:
-        cond = self._io_cond
-        with cond:
-            while self._blocked:
-                cond.wait()
-            self._inflight += 1
-        table = self.live
-        if table is None:
-            self._exit()
-            raise _eio("device has no table")
-        return table
+    # The gate is entered with the raw lock (a C-level context manager) and the table's
+    # entry points are bound at swap time: this path is the product, so it stays short.
+    def _wait_open(self) -> None:
+        # Called with _io_lock held, only while suspended.
+        while self._blocked:
+            self._io_cond.wait()
 
-    def _exit(self) -> None:
-        cond = self._io_cond
-        with cond:
+    def _leave(self) -> None:
+        with self._io_lock:
             self._inflight -= 1
             if self._blocked and not self._inflight:
-                cond.notify_all()
+                self._io_cond.notify_all()
 
     def read(self, offset: int, buf: memoryview) -> None:
-        table = self._enter()
+        with self._io_lock:
+            if self._blocked:
+                self._wait_open()
+            self._inflight += 1
         try:
             if offset < 0 or offset + len(buf) > self._nbytes:
                 raise _eio("read beyond the end of the device")
-            table.read(offset, buf)
+            self._read(offset, buf)
         finally:
-            self._exit()
+            with self._io_lock:
+                self._inflight -= 1
+                if self._blocked and not self._inflight:
+                    self._io_cond.notify_all()
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
-        table = self._enter()
+        with self._io_lock:
+            if self._blocked:
+                self._wait_open()
+            self._inflight += 1
         try:
             if self.read_only:
                 raise OSError(errno.EROFS, "device is read-only")
             if offset < 0 or offset + len(data) > self._nbytes:
                 raise _eio("write beyond the end of the device")
-            table.write(offset, data, fua)
+            self._write(offset, data, fua)
         finally:
-            self._exit()
+            with self._io_lock:
+                self._inflight -= 1
+                if self._blocked and not self._inflight:
+                    self._io_cond.notify_all()
 
     def flush(self) -> None:
         table = self._enter()
         try:
             table.flush()
         finally:
-            self._exit()
+            self._leave()
 
     def discard(self, offset: int, length: int) -> None:
         table = self._enter()
@@ -217,7 +225,22 @@ class MappedDevice:
             if length:
                 table.discard(offset, length)
         finally:
-            self._exit()
+            self._leave()
+
+    def _enter(self) -> Table:
+        with self._io_lock:
+            if self._blocked:
+                self._wait_open()
+            self._inflight += 1
+        table = self.live
+        if table is None:
+            self._leave()
+            raise _eio("device has no table")
+        return table
+
+    @staticmethod
+    def _no_table(*_args: object) -> None:
+        raise _eio("device has no table")
 
     @property
     def size_sectors(self) -> int:

@@ -17,6 +17,8 @@ from devmapper.targets.base import SECTOR, SECTOR_SHIFT, Target, TargetError
 from devmapper.uapi import split_params
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from devmapper.engine.mapped_device import MappedDevice
     from devmapper.targets.base import Underlying
 
@@ -97,6 +99,13 @@ class Table:
 
     def complete(self) -> None:
         self._single = self.targets[0] if len(self.targets) == 1 else None
+
+    def io_entry_points(self) -> tuple[Callable[[int, memoryview], None],
+                                       Callable[[int, memoryview, bool], None]]:
+        """read/write callables for the device: a lone target's own methods, when alone."""
+        if self._single is not None:
+            return self._single.read, self._single.write
+        return self.read, self.write
 
     def logical_block_size(self) -> int:
         return max((t.io_block_size() for t in self.targets), default=SECTOR)

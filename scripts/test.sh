@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run the whole suite (the QEMU kernel tier included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+ruff check src tests bench scripts
+exec python3 -m pytest -q -p no:cacheprovider "$@"
