@@ -47,10 +47,9 @@ class MappedDevice:
         self._event_cond = threading.Condition()
         self.suspend_lock = threading.Lock()
         # the I/O gate
-        self._io_lock = threading.Lock()
-        self._io_cond = threading.Condition(self._io_lock)
+        self._io_cond = threading.Condition(threading.Lock())
         self._blocked = False
-        self._inflight = 0
+        self._inflight: list[None] = []  # one entry per request inside the gate
         self._nbytes = 0  # live table size, cached for the bounds check
         self._read: Callable[[int, memoryview], None] = self._no_table
         self._write: Callable[[int, memoryview, bool], None] = self._no_table
@@ -118,10 +117,7 @@ class MappedDevice:
         # lockfs is honoured only for a flushing suspend (noflush takes precedence).
         if lockfs and not noflush:
             self.frozen = self.engine.freeze(self)
-        with self._io_cond:
-            self._blocked = True
-            while self._inflight:
-                self._io_cond.wait()
+        self._close_gate()
         if table is not None:
             table.postsuspend()
         self.suspended = True
@@ -147,55 +143,68 @@ class MappedDevice:
             self.engine.thaw(self)
             self.frozen = False
         self.suspended = False
-        with self._io_cond:
-            self._blocked = False
-            self._io_cond.notify_all()
+        self._open_gate()
 
     def destroy_suspend(self) -> None:
         """__dm_destroy: targets see presuspend/postsuspend before their table goes."""
         if not self.suspended and self.live is not None:
             self.live.presuspend(False)
-            with self._io_cond:
-                self._blocked = True
-                while self._inflight:
-                    self._io_cond.wait()
+            self._close_gate()
             self.live.postsuspend()
             self.suspended = True
 
     # ---- the I/O path: byte offsets from the device start
-    # The gate is entered with the raw lock (a C-level context manager) and the table's
-    # entry points are bound at swap time: this path is the product, so it stays short.
-    def _wait_open(self) -> None:
-        # Called with _io_lock held, only while suspended.
+    #
+    # The gate costs two list operations per request. Under the GIL, list.append/pop are
+    # atomic and sequentially consistent, so this is a Dekker-style handshake: a request
+    # appends itself, then checks _blocked; suspend sets _blocked, then waits for the list
+    # to empty. Either suspend sees the request, or the request sees _blocked and backs
+    # out. A table swap therefore never overlaps a request.
+    def _gate_wait(self) -> None:
+        inflight = self._inflight
         while self._blocked:
-            self._io_cond.wait()
+            inflight.pop()
+            self._gate_notify()
+            with self._io_cond:
+                while self._blocked:
+                    self._io_cond.wait()
+            inflight.append(None)
 
-    def _leave(self) -> None:
-        with self._io_lock:
-            self._inflight -= 1
-            if self._blocked and not self._inflight:
-                self._io_cond.notify_all()
+    def _gate_notify(self) -> None:
+        with self._io_cond:
+            self._io_cond.notify_all()
+
+    def _close_gate(self) -> None:
+        with self._io_cond:
+            self._blocked = True
+            while self._inflight:
+                # A request leaving wakes us; the timeout covers one that left in between.
+                self._io_cond.wait(0.05)
+
+    def _open_gate(self) -> None:
+        with self._io_cond:
+            self._blocked = False
+            self._io_cond.notify_all()
 
     def read(self, offset: int, buf: memoryview) -> None:
-        with self._io_lock:
-            if self._blocked:
-                self._wait_open()
-            self._inflight += 1
+        inflight = self._inflight
+        inflight.append(None)
+        if self._blocked:
+            self._gate_wait()
         try:
             if offset < 0 or offset + len(buf) > self._nbytes:
                 raise _eio("read beyond the end of the device")
             self._read(offset, buf)
         finally:
-            with self._io_lock:
-                self._inflight -= 1
-                if self._blocked and not self._inflight:
-                    self._io_cond.notify_all()
+            inflight.pop()
+            if self._blocked:
+                self._gate_notify()
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
-        with self._io_lock:
-            if self._blocked:
-                self._wait_open()
-            self._inflight += 1
+        inflight = self._inflight
+        inflight.append(None)
+        if self._blocked:
+            self._gate_wait()
         try:
             if self.read_only:
                 raise OSError(errno.EROFS, "device is read-only")
@@ -203,10 +212,9 @@ class MappedDevice:
                 raise _eio("write beyond the end of the device")
             self._write(offset, data, fua)
         finally:
-            with self._io_lock:
-                self._inflight -= 1
-                if self._blocked and not self._inflight:
-                    self._io_cond.notify_all()
+            inflight.pop()
+            if self._blocked:
+                self._gate_notify()
 
     def flush(self) -> None:
         table = self._enter()
@@ -228,15 +236,19 @@ class MappedDevice:
             self._leave()
 
     def _enter(self) -> Table:
-        with self._io_lock:
-            if self._blocked:
-                self._wait_open()
-            self._inflight += 1
+        self._inflight.append(None)
+        if self._blocked:
+            self._gate_wait()
         table = self.live
         if table is None:
             self._leave()
             raise _eio("device has no table")
         return table
+
+    def _leave(self) -> None:
+        self._inflight.pop()
+        if self._blocked:
+            self._gate_notify()
 
     @staticmethod
     def _no_table(*_args: object) -> None:

@@ -82,6 +82,26 @@ class FdDevice:
         if n != len(buf):
             self._short(offset, buf, n)
 
+    def reader(self, base: int) -> Callable[[int, memoryview], None]:
+        """read() for a target mapping at byte ``base``: one call from device to syscall."""
+        fd, preadv, short = self.fd, os.preadv, self._short
+
+        def read(offset: int, buf: memoryview) -> None:
+            n = preadv(fd, (buf,), base + offset)
+            if n != len(buf):
+                short(base + offset, buf, n)
+
+        return read
+
+    def writer(self, base: int) -> Callable[[int, memoryview, bool], None]:
+        fd, pwritev, write = self.fd, os.pwritev, self.write
+
+        def write_at(offset: int, data: memoryview, fua: bool = False) -> None:
+            if fua or pwritev(fd, (data,), base + offset) != len(data):
+                write(base + offset, data, fua)  # short write or FUA: the careful path
+
+        return write_at
+
     def _short(self, offset: int, buf: memoryview, n: int) -> None:
         # A short read is either EOF (the file shrank under us) or an interrupted transfer.
         while n < len(buf):
