@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kernel"))
 
-from guest import Guest, Result  # noqa: E402
+from guest import Guest, GuestTimeout, Result  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "dmsetup"
 FACTS_OUT = ROOT / "tests" / "fixtures" / "kernel_facts.json"
@@ -54,6 +54,9 @@ class Step:
     background: str | None = None  # start without waiting; a later `join` action collects it
     action: dict[str, Any] | None = None
     note: str | None = None
+    # Seconds before the recorder kills the step; a step expected to hang says so with a
+    # short timeout and is recorded with "timed_out": true and what it printed until then.
+    timeout: float = 60
 
 
 @dataclass
@@ -68,8 +71,9 @@ class Scenario:
 
 
 def dm(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-       bg: str | None = None, note: str | None = None) -> Step:  # fmt: skip
-    return Step(argv=["dmsetup", *args], stdin=stdin, env=env or {}, background=bg, note=note)
+       bg: str | None = None, note: str | None = None, timeout: float = 60) -> Step:  # fmt: skip
+    return Step(argv=["dmsetup", *args], stdin=stdin, env=env or {}, background=bg, note=note,
+                timeout=timeout)  # fmt: skip
 
 
 def hold(device: str, hid: str) -> Step:
@@ -156,8 +160,12 @@ def scenarios() -> list[Scenario]:  # noqa: PLR0915 - it is a list of data
         dm("table", "a"),
         dm("create", "b", stdin=ZERO),
         dm("table", "b"),
-        dm("create", "c", stdin=""),
+        dm("create", "c", stdin="", timeout=10,
+           note="empty table: the device is created without a table, then dmsetup waits for a "
+                "udev event that never comes (hangs while udev runs)"),
         dm("info", "c"),
+        dm("create", "c2", "--noudevsync", stdin=""),
+        dm("info", "c2"),
         dm("load", "c", stdin="0 20 zero\n"),
         dm("table", "--inactive", "c"),
     ], loops=loops(MIB)))
@@ -949,8 +957,18 @@ class Recorder:
             f"dmesg > {kfile} 2>&1; exit $rc"
         )
 
+    def run_step(self, cmd: str, stdin: bytes | None, timeout: float, cwd: str) -> Result:
+        try:
+            return self.g.run(cmd, stdin, timeout, cwd=cwd)
+        except GuestTimeout as exc:
+            assert exc.result is not None
+            # rc None marks a hang; the agent killed it after `timeout` seconds.
+            return Result(-1, exc.result.out, exc.result.err)
+
     def fill(self, out: dict[str, Any], r: Result, env: Env, kfile: Path) -> None:
-        out["rc"] = r.rc
+        if r.rc == -1:
+            out["timed_out"] = True
+        out["rc"] = None if r.rc == -1 else r.rc
         encode_stream("stdout", r.out, env, out)
         encode_stream("stderr", r.err, env, out)
         klog = kfile.read_text(errors="replace") if kfile.exists() else ""
@@ -982,11 +1000,10 @@ class Recorder:
                 cmd = self.command(step, env, str(kfile))
                 if step.background:
                     out["background"] = step.background
-                    fut = pool.submit(self.g.run, cmd, stdin, 120, cwd=env.workdir)
+                    fut = pool.submit(self.run_step, cmd, stdin, step.timeout, env.workdir)
                     pending[step.background] = (fut, out, kfile)
                 else:
-                    r = self.g.run(cmd, stdin, 120, cwd=env.workdir)
-                    self.fill(out, r, env, kfile)
+                    self.fill(out, self.run_step(cmd, stdin, step.timeout, env.workdir), env, kfile)
                 steps_out.append(out)
             if pending:
                 raise RuntimeError(f"{sc.name}: background steps never joined: {list(pending)}")

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from devmapper.targets.base import Target
 
-#: target name -> module:class. Order is the order LIST_VERSIONS reports.
+#: target name -> module:class. Order is the order LIST_VERSIONS reports: the kernel lists
+#: the most recently registered type first, so dm-mod's built-ins come last.
 _REGISTRY: dict[str, str] = {
     "zero": "devmapper.targets.zero:ZeroTarget",
     "striped": "devmapper.targets.striped:StripedTarget",
     "linear": "devmapper.targets.linear:LinearTarget",
     "error": "devmapper.targets.error:ErrorTarget",
+    "mirror": "devmapper.targets.mirror:MirrorTarget",
 }
 _loaded: dict[str, type[Target]] = {}
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 class ErrorTarget(Target):
     name = "error"
-    version = (1, 6, 0)
+    version = (1, 5, 0)
 
     def __init__(self, ctx: TargetContext, begin: int, length: int, argv: Sequence[str]) -> None:
         # Kernels accept "<dev> <start>" (what a failed linear becomes) and ignore it.

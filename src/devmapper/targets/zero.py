@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class ZeroTarget(Target):
     name = "zero"
-    version = (1, 2, 0)
+    version = (1, 1, 0)
 
     def __init__(self, ctx: TargetContext, begin: int, length: int, argv: Sequence[str]) -> None:
         super().__init__(ctx, begin, length, argv)
