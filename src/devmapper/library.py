@@ -93,13 +93,8 @@ class DeviceInfo:
                    hdr.target_count, hdr.flags)
 
 
-@dataclass(frozen=True, slots=True)
-class ListedDevice:
-    name: str
-    major: int
-    minor: int
-    event_nr: int | None
-    uuid: str | None
+#: A device as LIST_DEVICES reports it (name, dev, major, minor, event_nr, uuid).
+ListedDevice = uapi.NameListEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +301,7 @@ class DeviceMapper:
         hdr = reply.hdr
         if hdr.data_size <= DM_IOCTL_SIZE:
             return []
-        out = []
-        for ent in uapi.decode_name_list(reply.buf, hdr.data_start, hdr.data_size):
-            major, minor = uapi.decode_dev(ent.dev)
-            out.append(ListedDevice(ent.name, major, minor, ent.event_nr, ent.uuid))
-        return out
+        return uapi.decode_name_list(reply.buf, hdr.data_start, hdr.data_size)
 
     def message(self, name: str | None = None, sector: int = 0, message: str = "", *,
                 uuid: str | None = None, dev: tuple[int, int] | None = None) -> str | None:

@@ -269,10 +269,20 @@ def decode_deps(buf: bytes | memoryview, start: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class NameListEntry:
+    """One device of LIST_DEVICES: name, encoded dev_t, event number and uuid (if asked)."""
+
     name: str
     dev: int
     event_nr: int | None = None
     uuid: str | None = None
+
+    @property
+    def major(self) -> int:
+        return (self.dev >> 8) & 0xFFF
+
+    @property
+    def minor(self) -> int:
+        return (self.dev & 0xFF) | ((self.dev >> 12) & 0xFFF00)
 
 
 _PAD = [bytes(i) for i in range(8)]
