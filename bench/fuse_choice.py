@@ -3,8 +3,12 @@
 Runs fio (libaio, O_DIRECT) on /dev/mapper/NAME served by each FUSE implementation, and on
 a loop device attached straight to the backing file, all in one run:
 
-  seq-read / seq-write   1 MiB blocks, sequential, queue depth --seq-qd (default 1)
+  seq-read / seq-write   1 MiB blocks, sequential, queue depth 1 (and -qd16: depth 16)
   rand-read / rand-write 4 KiB blocks, random, queue depth 16
+
+All contenders are attached to the same backing file at once and the runs interleave
+(workload by workload, --reps rounds of every contender in turn); medians are reported, so
+load from elsewhere on the machine hits all of them alike.
 
 Two modes:
   cached  the backend does buffered preadv/pwritev; the baseline is loop with dio off. Both
@@ -12,18 +16,20 @@ Two modes:
   direct  the backend opens the file O_DIRECT; the baseline is loop with dio on. Both reach
           the disk: what a device over real storage sees.
 
-Run as root:  python3 bench/fuse_choice.py [--mode both] [--runtime 5] [--json out.json]
+Run as root:  python3 bench/fuse_choice.py [--mode both] [--reps 3] [--runtime 5] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
@@ -31,17 +37,18 @@ from devmapper.expose import Exposer  # noqa: E402
 from devmapper.expose import loop as loopdev  # noqa: E402
 from devmapper.expose.filebackend import FileBackend  # noqa: E402
 
-WORKLOADS = {
-    "seq-read": ("read", "1M"),
-    "seq-write": ("write", "1M"),
-    "rand-read": ("randread", "4k"),
-    "rand-write": ("randwrite", "4k"),
+WORKLOADS = {  # name: (fio rw, block size, queue depth)
+    "seq-read": ("read", "1M", 1),
+    "seq-write": ("write", "1M", 1),
+    "seq-read-qd16": ("read", "1M", 16),
+    "seq-write-qd16": ("write", "1M", 16),
+    "rand-read": ("randread", "4k", 16),
+    "rand-write": ("randwrite", "4k", 16),
 }
 
 
-def fio(device: str, workload: str, runtime: float, seq_qd: int, size_mb: int) -> dict:
-    rw, bs = WORKLOADS[workload]
-    qd = 16 if rw.startswith("rand") else seq_qd
+def fio(device: str, workload: str, runtime: float, size_mb: int) -> dict:
+    rw, bs, qd = WORKLOADS[workload]
     cmd = [
         "fio", "--name=job", f"--filename={device}", f"--rw={rw}", f"--bs={bs}",
         f"--iodepth={qd}", "--ioengine=libaio", "--direct=1", "--time_based",
@@ -51,35 +58,48 @@ def fio(device: str, workload: str, runtime: float, seq_qd: int, size_mb: int) -
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]
     side = job["write" if "write" in rw else "read"]
-    return {
-        "MBps": side["bw_bytes"] / 1e6,
-        "iops": side["iops"],
-        "lat_us": side["clat_ns"]["mean"] / 1e3,
-    }
+    return {"MBps": side["bw_bytes"] / 1e6, "iops": side["iops"]}
 
 
-def run_all(device: str, args: argparse.Namespace) -> dict:
-    return {w: fio(device, w, args.runtime, args.seq_qd, args.size) for w in WORKLOADS}
+@contextlib.contextmanager
+def targets(path: str, mode: str, impls: list[str], tmp: str) -> Iterator[dict[str, str]]:
+    """Every contender attached to the same file at once, so runs can interleave."""
+    direct = mode == "direct"
+    with contextlib.ExitStack() as stack:
+        index = loopdev.attach(path, use_dio=direct)
+        stack.callback(loopdev.detach, index)
+        devices = {"loop": f"/dev/loop{index}"}
+        for impl in impls:
+            backend = FileBackend(path, direct=direct)
+            stack.callback(backend.close)
+            ex = Exposer(
+                os.path.join(tmp, f"fuse-{impl}"), os.path.join(tmp, f"dev-{impl}"), fuse=impl
+            )
+            ex.start()
+            stack.callback(ex.close)
+            ex.attach("bench", backend)
+            devices[impl] = ex.node("bench")
+        yield devices
 
 
-def baseline(path: str, dio: bool, args: argparse.Namespace) -> dict:
-    index = loopdev.attach(path, use_dio=dio)
-    try:
-        return run_all(f"/dev/loop{index}", args)
-    finally:
-        loopdev.detach(index)
-
-
-def exposed(path: str, impl: str, direct: bool, args: argparse.Namespace, tmp: str) -> dict:
-    backend = FileBackend(path, direct=direct)
-    ex = Exposer(os.path.join(tmp, f"fuse-{impl}"), os.path.join(tmp, "dev"), fuse=impl)
-    ex.start()
-    try:
-        ex.attach("bench", backend)
-        return run_all(ex.node("bench"), args)
-    finally:
-        ex.close()
-        backend.close()
+def measure(path: str, mode: str, args: argparse.Namespace, tmp: str) -> dict:
+    """Medians over --reps rounds; each round runs every contender once, in turn."""
+    samples: dict = {}
+    with targets(path, mode, args.impl, tmp) as devices:
+        for workload in args.workloads:
+            for _ in range(args.reps):
+                for name, device in devices.items():
+                    r = fio(device, workload, args.runtime, args.size)
+                    samples.setdefault(name, {}).setdefault(workload, []).append(r)
+    out: dict = {}
+    for name, per_workload in samples.items():
+        for workload, runs in per_workload.items():
+            out.setdefault(name, {})[workload] = {
+                "MBps": statistics.median(r["MBps"] for r in runs),
+                "iops": statistics.median(r["iops"] for r in runs),
+                "runs": runs,
+            }
+    return out
 
 
 def make_backing(path: str, size_mb: int) -> None:
@@ -100,7 +120,8 @@ def main() -> int:
     ap.add_argument("--impl", nargs="+", default=["raw", "mfusepy"])
     ap.add_argument("--runtime", type=float, default=5)
     ap.add_argument("--size", type=int, default=512, help="backing file MiB")
-    ap.add_argument("--seq-qd", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3, help="rounds; medians are reported")
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--dir", default="/var/tmp", help="where the backing file goes (a disk)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
@@ -110,26 +131,23 @@ def main() -> int:
         path = os.path.join(tmp, "backing.img")
         make_backing(path, args.size)
         for mode in modes:
-            direct = mode == "direct"
-            res = {"loop": baseline(path, direct, args)}
-            for impl in args.impl:
-                res[impl] = exposed(path, impl, direct, args, tmp)
+            res = measure(path, mode, args, tmp)
             results["modes"][mode] = res
-            report(mode, res, args.impl)
+            report(mode, res, args.impl, args.workloads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
 
-def report(mode: str, res: dict, impls: list[str]) -> None:
+def report(mode: str, res: dict, impls: list[str], workloads: list[str]) -> None:
     base_name = "loop dio=on" if mode == "direct" else "loop dio=off"
     print(f"\n## mode {mode} (baseline: {base_name})", flush=True)
     head = f"| {'workload':10} | {'baseline':>16} |"
     head += "".join(f" {impl:>16} | {'ratio':>5} |" for impl in impls)
     print(head)
     print("|" + "---|" * (2 + 2 * len(impls)))
-    for w in WORKLOADS:
+    for w in workloads:
         unit, key = ("MB/s", "MBps") if w.startswith("seq") else ("IOPS", "iops")
         base = res["loop"][w][key]
         line = f"| {w:10} | {base:>11.0f} {unit} |"
@@ -137,7 +155,6 @@ def report(mode: str, res: dict, impls: list[str]) -> None:
             v = res[impl][w][key]
             line += f" {v:>11.0f} {unit} | {v / base:>5.2f} |"
         print(line, flush=True)
-    time.sleep(0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(qemu-system-x86 linux-image-amd64 fio fuse3 e2fsprogs xfsprogs util-linux kmod dmsetup)
+pkgs=(qemu-system-x86 linux-image-amd64 busybox-static fio fuse3 e2fsprogs xfsprogs util-linux kmod dmsetup psmisc)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

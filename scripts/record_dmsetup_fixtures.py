@@ -10,7 +10,7 @@ tests/fixtures/dmsetup/README.md.
 
 Also runs tests/kernel/ioctl_facts.py in the guest and writes tests/fixtures/kernel_facts.json.
 
-    python scripts/record_dmsetup_fixtures.py              # everything (one boot, a few min)
+    python scripts/record_dmsetup_fixtures.py              # everything: one boot, ~35 min
     python scripts/record_dmsetup_fixtures.py create_uuid  # only the named scenarios
     python scripts/record_dmsetup_fixtures.py --list
 """
@@ -40,6 +40,8 @@ FACTS_SCRIPT = ROOT / "tests" / "kernel" / "ioctl_facts.py"
 DMSETUP = "/usr/sbin/dmsetup"
 FORMAT_VERSION = 1
 MIB = 1 << 20
+DEFAULT_TIMEOUT = 60.0
+UNBOUND = 0  # loop "size" meaning: a free loop device node with no file attached
 
 # ----------------------------------------------------------------------------- scenario model
 
@@ -56,7 +58,7 @@ class Step:
     note: str | None = None
     # Seconds before the recorder kills the step; a step expected to hang says so with a
     # short timeout and is recorded with "timed_out": true and what it printed until then.
-    timeout: float = 60
+    timeout: float = DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -69,9 +71,53 @@ class Scenario:
     files: dict[str, str] = field(default_factory=dict)  # created in the scenario dir
     dirs: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_fixture(cls, fx: dict[str, Any]) -> Scenario:
+        """Rebuild the scenario from a recorded fixture (the fixture alone is replayable)."""
+        steps = []
+        for st in fx["steps"]:
+            if "action" in st:
+                steps.append(Step(action=dict(st)))
+                continue
+            steps.append(
+                Step(
+                    argv=list(st["argv"]),
+                    stdin=st["stdin"],
+                    env=dict(st.get("env") or {}),
+                    background=st.get("background"),
+                    note=st.get("note"),
+                    timeout=st.get("timeout", DEFAULT_TIMEOUT),
+                )
+            )
+        setup = fx["setup"]
+        return cls(
+            fx["name"],
+            fx["description"],
+            steps,
+            loops=[
+                (UNBOUND, 0) if lp.get("unbound") else (lp["size"], lp["sector_size"])
+                for lp in setup["loops"]
+            ],
+            files=dict(setup["files"]),
+            dirs=list(setup["dirs"]),
+        )
+
+
+def compare(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Differences in rc/stdout/stderr between two recordings of one scenario."""
+    diffs = []
+    for n, (e, a) in enumerate(zip(expected["steps"], actual["steps"], strict=True)):
+        if "argv" not in e:
+            continue
+        for key in ("rc", "timed_out", "stdout", "stderr", "stdout_b64", "stderr_b64"):
+            if e.get(key) != a.get(key):
+                diffs.append(f"step {n} {e['argv']} {key}: {e.get(key)!r} != {a.get(key)!r}")
+    return diffs
+
 
 def dm(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-       bg: str | None = None, note: str | None = None, timeout: float = 60) -> Step:  # fmt: skip
+       bg: str | None = None, note: str | None = None,
+       timeout: float = DEFAULT_TIMEOUT) -> Step:  # fmt: skip
     return Step(argv=["dmsetup", *args], stdin=stdin, env=env or {}, background=bg, note=note,
                 timeout=timeout)  # fmt: skip
 
@@ -485,7 +531,7 @@ def scenarios() -> list[Scenario]:  # noqa: PLR0915 - it is a list of data
         dm("message", "a", "x", "hello"),
         dm("message", "a", "0", "@stats_list"),
         dm("message", "a", "0", "@nosuchcore"),
-        dm("create", "s", "--table", "0 100 striped 2 8 {LOOP1} 0 {LOOP2} 0"),
+        dm("create", "s", "--table", "0 96 striped 2 8 {LOOP1} 0 {LOOP2} 0"),
         dm("message", "s", "0", "hello"),
     ], loops=loops(MIB, MIB, MIB)))
 
@@ -748,9 +794,11 @@ def scenarios() -> list[Scenario]:  # noqa: PLR0915 - it is a list of data
         dm("create", "str3", "--table", "0 32 striped 2 8 {LOOP0} 0"),
         dm("create", "str4", "--table", "0 32 striped 0 8"),
         dm("create", "str5", "--table", "0 48 striped 2 3 {LOOP0} 0 {LOOP1} 0"),
-        dm("create", "miss1", "--table", "0 10 linear /dev/loop7 0"),
+        dm("create", "miss1", "--table", "0 10 linear {LOOP3} 0",
+           note="LOOP3 has no backing file: size 0, which the area check skips"),
         dm("create", "miss2", "--table", "0 10 linear /dev/nonexistent 0"),
-        dm("create", "miss3", "--table", "0 10 linear 7:200 0"),
+        dm("create", "miss3", "--table", "0 10 linear 7:200 0",
+           note="opening 7:200 makes the kernel create loop200 (block device autoloading)"),
         dm("create", "miss4", "--table", "0 10 linear {DM_MAJOR}:99 0"),
         dm("create", "miss5", "--table", "0 32 striped 2 8 {LOOP0} 0 /dev/nonexistent 0"),
         dm("create", "past1", "--table", "0 4096 linear {LOOP0} 0"),
@@ -763,14 +811,15 @@ def scenarios() -> list[Scenario]:  # noqa: PLR0915 - it is a list of data
         dm("create", "err2", "--table", "0 10 error {LOOP0} 0"),
         dm("create", "err3", "--table", "0 10 error a b c"),
         dm("table", "err1", "err2", "err3"),
-        dm("create", "empty", "--table", ""),
+        dm("create", "empty", "--table", "", timeout=10,
+           note="empty table: created without a table, then waits forever for udev"),
         dm("create", "junk", "--table", "hello"),
         dm("create", "neg", "--table", "-5 10 zero"),
         dm("create", "nolen", "--table", "0"),
         dm("create", "notype", "--table", "0 10"),
         dm("create", "longtype", "--table", "0 10 abcdefghijklmnopq"),
         dm("ls"),
-    ], loops=[(MIB, 512), (MIB, 512), (MIB, 4096)]))
+    ], loops=[(MIB, 512), (MIB, 512), (MIB, 4096), (UNBOUND, 0)]))
     add(Scenario("load_errors_existing", "load errors on an existing device; checks at resume", [
         dm("create", "a", "--table", "0 100 linear {LOOP0} 0"),
         dm("load", "a", "--table", "0 10 zero\n20 10 zero"),
@@ -808,7 +857,7 @@ def scenarios() -> list[Scenario]:  # noqa: PLR0915 - it is a list of data
         dm("ls", env={"DM_DEV_DIR": "relative"}),
         dm("version", env={"DM_DEV_DIR": "/nonexistent"}),
     ]))
-    add(Scenario("misc_commands", "mknodes, measure, udevcreatecookie/udevreleasecookie", [
+    add(Scenario("misc_commands", "mknodes, measure, stats list, udevcreatecookie + udevcookies", [
         dm("create", "a", "--table", ZERO),
         dm("mknodes"),
         dm("mknodes", "a"),
@@ -833,7 +882,7 @@ NORMALISERS: list[tuple[str, str]] = [
     (r"Timestamp: +[0-9]+\.[0-9]+ seconds", "Timestamp: <TIME>"),
     (r"0x[0-9a-f]{7,8}\b(?= \(semid)", "<COOKIE>"),
     (r"semid [0-9]+", "semid <SEMID>"),
-    (r"^0x[0-9a-f]{7,8}$", "<COOKIE>"),
+    (r"^0x[0-9a-fA-F]{7,8}$", "<COOKIE>"),
     (r"^(0x[0-9a-f]{7,8}) +[0-9]+ +[0-9]+ +.*$", "<COOKIE LINE>"),
 ]
 
@@ -934,15 +983,23 @@ class Recorder:
             (sdir / name).write_text(content)
         for d in sc.dirs:
             (sdir / d).mkdir()
-        loops_: list[tuple[str, int, int]] = []
+        paths: dict[int, str] = {}
         for i, (size, sector) in enumerate(sc.loops):
+            if size == UNBOUND:
+                continue
             img = sdir / f"disk{i}.img"
             with open(img, "wb") as f:
                 f.truncate(size)
             r = self.sh(f"losetup -f --show --sector-size {sector} {img}").check()
-            path = r.out.decode().strip()
-            st = self.sh(f"stat -c '%t %T' {path}").check().out.decode().split()
-            loops_.append((path, int(st[0], 16), int(st[1], 16)))
+            paths[i] = r.out.decode().strip()
+        # Unbound ones last, so that attaching a file cannot take the free device.
+        for i, (size, _) in enumerate(sc.loops):
+            if size == UNBOUND:
+                paths[i] = self.sh("losetup -f").check().out.decode().strip()
+        loops_: list[tuple[str, int, int]] = []
+        for i in range(len(sc.loops)):
+            st = self.sh(f"stat -c '%t %T' {paths[i]}").check().out.decode().split()
+            loops_.append((paths[i], int(st[0], 16), int(st[1], 16)))
         return Env(str(sdir), self.dm_major, loops_)
 
     def command(self, step: Step, env: Env, kfile: str) -> str:
@@ -995,6 +1052,8 @@ class Recorder:
                 out["env"] = step.env
                 if step.note:
                     out["note"] = step.note
+                if step.timeout != DEFAULT_TIMEOUT:
+                    out["timeout"] = step.timeout
                 stdin = env.expand(step.stdin).encode() if step.stdin is not None else None
                 kfile = Path(env.workdir) / f".kmsg.{n}"
                 cmd = self.command(step, env, str(kfile))
@@ -1014,6 +1073,8 @@ class Recorder:
             "setup": {
                 "loops": [
                     {"name": f"LOOP{i}", "size": size, "sector_size": sector}
+                    if size != UNBOUND
+                    else {"name": f"LOOP{i}", "unbound": True}
                     for i, (size, sector) in enumerate(sc.loops)
                 ],
                 "files": sc.files,

@@ -78,18 +78,24 @@ def send_parts(sock: socket.socket, *parts: bytes | bytearray | memoryview) -> N
                 sent = 0
 
 
-def request_length(buf: bytearray) -> int:
+def request_length(buf: bytes | bytearray) -> int:
     """How much of ``buf`` the driver can read: data_size bytes, at least the fixed header.
 
     Sending only that keeps a huge buffer with a small data_size working (as with the kernel),
     and every check the engine makes sees the same bytes it would see in the whole buffer.
     """
-    if len(buf) < 16:
-        return len(buf)
-    data_size = _DATA_SIZE.unpack_from(buf, 12)[0]
+    return needed_length(bytes(buf[:16]), len(buf))
+
+
+def needed_length(prefix: bytes, total: int) -> int:
+    """request_length for a buffer of ``total`` bytes that starts with ``prefix`` (16 bytes:
+    version and data_size, or all of a shorter buffer). The daemon discards the rest."""
+    if total < 16:
+        return total
+    data_size: int = _DATA_SIZE.unpack_from(prefix, 12)[0]
     if data_size > _DM_MAX_DATA_SIZE:
-        return min(len(buf), _DM_IOCTL_MIN_SIZE)  # the engine answers EINVAL from the header
-    return min(len(buf), max(_DM_IOCTL_MIN_SIZE, data_size))
+        return min(total, _DM_IOCTL_MIN_SIZE)  # the engine answers EINVAL from the header
+    return min(total, max(_DM_IOCTL_MIN_SIZE, data_size))
 
 
 class _Conn:
@@ -240,4 +246,5 @@ class SocketTransport:
 
 
 __all__ = ["CMD_EVENT_FD", "MAX_FRAME", "REPLY", "REQ", "SocketTransport",
-           "default_socket_path", "recv_exact", "recv_into_exact", "send_parts"]
+           "default_socket_path", "needed_length", "recv_exact", "recv_into_exact",
+           "request_length", "send_parts"]

@@ -38,9 +38,23 @@ class Exposure(Protocol):
         ...
 
     def renamed(self, md: MappedDevice, old_name: str) -> None: ...
-    def released(self, md: MappedDevice) -> None: ...
+
+    def release(self, md: MappedDevice, deferred: bool) -> bool:
+        """Take the block device away at removal. True: gone now. False (only if
+        ``deferred``): it goes at its last close, and the exposure then calls
+        Engine.exposure_released(name). Raises OSError(EBUSY) if open and not deferred."""
+        ...
+
+    def open_count(self, md: MappedDevice) -> int:
+        """Openers of the block device (mounts, open descriptors, holders)."""
+        ...
+
     def freeze(self, md: MappedDevice) -> bool: ...
     def thaw(self, md: MappedDevice) -> None: ...
+
+
+def _loop_io(*_args: object) -> None:
+    raise OSError(errno.EIO, "table maps its own device")
 
 
 class MappedUnderlying:
@@ -48,11 +62,14 @@ class MappedUnderlying:
 
     __slots__ = ("md", "name", "dev", "read", "write", "flush", "discard", "read_only")
 
-    def __init__(self, md: MappedDevice, read_only: bool) -> None:
+    def __init__(self, md: MappedDevice, read_only: bool, self_reference: bool = False) -> None:
         self.md = md
         self.name = md.dev_name
         self.dev = md.dev
         self.read_only = read_only
+        if self_reference:
+            self.read = self.write = self.flush = self.discard = _loop_io
+            return
         # Bound methods as attributes: stacking costs no extra call.
         self.read = md.read
         self.write = md.write
@@ -73,20 +90,25 @@ class ControlSession:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # One lock orders arm, notify and close: an event between arming and clearing the
+        # eventfd is not lost, and nobody writes to a descriptor after it is closed.
+        self._lock = threading.Lock()
         self.armed_nr = engine.global_event_nr
         self.event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         engine._sessions.add(self)
 
     def arm(self) -> None:
-        self.armed_nr = self.engine.global_event_nr
-        try:
-            os.eventfd_read(self.event_fd)
-        except BlockingIOError:
-            pass
+        with self._lock:
+            try:
+                os.eventfd_read(self.event_fd)
+            except BlockingIOError:
+                pass
+            self.armed_nr = self.engine.global_event_nr
 
     def notify(self, nr: int) -> None:
-        if nr != self.armed_nr:
-            os.eventfd_write(self.event_fd, 1)
+        with self._lock:
+            if self.event_fd >= 0 and nr != self.armed_nr:
+                os.eventfd_write(self.event_fd, 1)
 
     def fileno(self) -> int:
         """poll() this: readable once an event happened after the last DEV_ARM_POLL."""
@@ -94,7 +116,10 @@ class ControlSession:
 
     def close(self) -> None:
         self.engine._sessions.discard(self)
-        os.close(self.event_fd)
+        with self._lock:
+            if self.event_fd >= 0:
+                os.close(self.event_fd)
+                self.event_fd = -1
 
 
 class Engine:
@@ -192,10 +217,10 @@ class Engine:
 
         got = open_path(self.cache, path, read_only, mapped)
         if isinstance(got, MappedDevice):
-            if got is owner:
-                raise OSError(errno.EINVAL, "a table cannot reference its own device")
+            # 4.47 lets a table name its own device (it then holds itself open), as the
+            # real driver shows; I/O through such a table fails rather than recursing.
             got.open()
-            return MappedUnderlying(got, read_only)
+            return MappedUnderlying(got, read_only, self_reference=got is owner)
         assert isinstance(got, FdDevice)
         return got
 
@@ -214,8 +239,37 @@ class Engine:
             self.exposure.thaw(md)
 
     # ---- removal
+    def open_count(self, md: MappedDevice) -> int:
+        """dm_open_count: tables and handles holding it, plus openers of its block device."""
+        count = md.open_count
+        if self.exposure is not None and not md.deleting:
+            count += self.exposure.open_count(md)
+        return count
+
+    def try_remove(self, md: MappedDevice, deferred: bool) -> bool:
+        """dm_lock_for_deletion + removal: True if removed; False if marked for deferred
+        removal; OSError(EBUSY) if open and not deferred. Caller holds the lock."""
+        if md.open_count:
+            if deferred:
+                md.deferred_remove = True
+                return False
+            raise OSError(errno.EBUSY, "device is open")
+        if self.exposure is not None and not self.exposure.release(md, deferred):
+            md.deferred_remove = True
+            return False
+        self.remove_device(md)
+        return True
+
+    def exposure_released(self, name: str) -> None:
+        """The block device of a deferred removal saw its last close."""
+        with self.lock:
+            md = self.by_name.get(name)
+            if md is not None and not md.deleting and md.deferred_remove and not md.open_count:
+                self.remove_device(md)
+        self.global_event()
+
     def remove_device(self, md: MappedDevice) -> None:
-        """__hash_remove + dm_destroy; caller holds the lock and checked the open count."""
+        """__hash_remove + dm_destroy; the caller holds the lock and released the device."""
         md.deleting = True
         del self.by_name[md.name]
         if md.uuid:
@@ -224,8 +278,6 @@ class Engine:
         self.release_minor(md.minor)
         if md.live is not None:
             md.table_event()
-        if self.exposure:
-            self.exposure.released(md)
         with md.suspend_lock:
             md.destroy_suspend()
             for table in (md.inactive, md.live):
@@ -244,12 +296,10 @@ class Engine:
                         continue
                     if only_deferred and not md.deferred_remove:
                         continue
-                    if md.open_count:
-                        if mark_deferred:
-                            md.deferred_remove = True
+                    try:
+                        removed |= self.try_remove(md, mark_deferred or only_deferred)
+                    except OSError:
                         continue
-                    self.remove_device(md)
-                    removed = True
                 if not removed:
                     break
         self.global_event()

@@ -139,11 +139,12 @@ class MappedDevice:
             raise OSError(errno.EINVAL, "cannot resume")
         table.preresume()
         table.resume()
-        if self.frozen:
-            self.engine.thaw(self)
-            self.frozen = False
         self.suspended = False
         self._open_gate()
+        # __dm_resume: I/O flows again before the filesystem is thawed (thawing writes).
+        if self.frozen:
+            self.frozen = False
+            self.engine.thaw(self)
 
     def destroy_suspend(self) -> None:
         """__dm_destroy: targets see presuspend/postsuspend before their table goes."""

@@ -14,11 +14,14 @@ if TYPE_CHECKING:
 #: target name -> module:class. Order is the order LIST_VERSIONS reports: the kernel lists
 #: the most recently registered type first, so dm-mod's built-ins come last.
 _REGISTRY: dict[str, str] = {
+    "mirror": "devmapper.targets.mirror:MirrorTarget",
+    "snapshot-merge": "devmapper.targets.snapshot_merge:SnapshotMergeTarget",
+    "snapshot-origin": "devmapper.targets.snapshot_origin:SnapshotOriginTarget",
+    "snapshot": "devmapper.targets.snapshot:SnapshotTarget",
     "zero": "devmapper.targets.zero:ZeroTarget",
     "striped": "devmapper.targets.striped:StripedTarget",
     "linear": "devmapper.targets.linear:LinearTarget",
     "error": "devmapper.targets.error:ErrorTarget",
-    "mirror": "devmapper.targets.mirror:MirrorTarget",
 }
 _loaded: dict[str, type[Target]] = {}
 

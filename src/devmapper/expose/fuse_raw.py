@@ -1,0 +1,432 @@
+"""A FUSE server speaking the kernel protocol on /dev/fuse directly, in pure Python.
+
+Threads: each worker owns a cloned /dev/fuse fd (FUSE_DEV_IOC_CLONE) and a page-aligned
+buffer, reads one request and answers it itself (no hand-off between threads). A backend
+call may block for as long as its device is suspended, so whenever the last worker waiting
+in read() takes a request another one starts, and a worker that finishes while `max_idle`
+others wait ends: a blocked device holds only its own requests' threads, never the others'.
+The kernel side is sized to match (max_background), so its queue of asynchronous direct
+I/O never fills up with one device's requests either.
+
+Zero copy: the request is read into two iovecs, the first exactly header + fuse_write_in,
+so a WRITE's payload lands page-aligned in the second and the backend writes from it; a
+READ's backend fills that same buffer and writev() sends header + data.
+
+Measured against variants (bench/fuse_choice.py, 2-vCPU VM): answering through a libc call
+that keeps the GIL, and taking requests non-blocking with an EPOLLEXCLUSIVE wait, both
+halved 4 KiB QD16 throughput over O_DIRECT storage, so every syscall here releases the GIL.
+"""
+
+from __future__ import annotations
+
+import _thread
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import stat
+import struct
+import threading
+
+from . import _sys
+from . import fuse_abi as abi
+from .volumes import ROOT_INO, Volume, Volumes
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("<IIQQ")  # len, opcode, unique, nodeid: all the dispatch needs
+_FIRST = abi.IN_HEADER.size + abi.READ_IN.size  # 80: header + fuse_read_in/fuse_write_in
+_PAGE = mmap.PAGESIZE
+_WANT = (
+    abi.ASYNC_READ
+    | abi.BIG_WRITES
+    | abi.ASYNC_DIO
+    | abi.PARALLEL_DIROPS
+    | abi.ABORT_ERROR
+    | abi.MAX_PAGES
+    | abi.HANDLE_KILLPRIV_V2
+)
+_NO_REPLY = frozenset((abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT))
+_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
+_FALLOC_KEEP_SIZE = 0x01
+_FALLOC_PUNCH_HOLE = 0x02
+_FALLOC_ZERO_RANGE = 0x10
+_ZEROES = bytes(1 << 20)
+_GONE = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)
+
+
+class RawFuseServer:
+    """Serves `volumes` as regular files in a FUSE filesystem mounted on `mount_dir`."""
+
+    name = "raw"
+
+    def __init__(
+        self,
+        mount_dir: str,
+        volumes: Volumes,
+        *,
+        max_write: int = 1 << 20,
+        min_threads: int = 2,
+        max_idle: int = 64,
+        max_threads: int = 1024,
+        max_background: int = 4096,
+    ) -> None:
+        self.mount_dir = mount_dir
+        self.volumes = volumes
+        self.max_write = max_write
+        self.min_threads = min_threads
+        self.max_idle = max_idle
+        self.max_threads = max_threads
+        self.max_background = max_background
+        self._fd = -1
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+        self._all_gone = threading.Event()
+        self._initialized = threading.Event()
+        self._stopping = False
+        self.proto_minor = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        opts = (
+            f"fd={self._fd},rootmode=40000,user_id=0,group_id=0,allow_other,"
+            f"default_permissions,max_read={self.max_write}"
+        )
+        try:
+            _sys.mount(
+                "devmapper", self.mount_dir, "fuse.devmapper", _sys.MS_NOSUID | _sys.MS_NODEV, opts
+            )
+        except OSError:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        for _ in range(max(1, self.min_threads)):
+            with self._lock:
+                self._threads += 1
+            self._spawn()
+        if not self._initialized.wait(timeout):
+            self.stop()
+            raise OSError(errno.ETIMEDOUT, "FUSE INIT was not answered")
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Unmount and let the workers drain. False if the mount had to be detached lazily
+        because a loop device still holds a file (its workers go on serving until then)."""
+        self._stopping = True
+        clean = True
+        try:
+            _sys.umount(self.mount_dir)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                _sys.umount(self.mount_dir, _sys.MNT_DETACH)
+                clean = False
+            elif e.errno != errno.EINVAL:  # EINVAL: not mounted any more
+                raise
+        if clean:
+            self._all_gone.wait(timeout)  # workers blocked in a backend call may stay
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        return clean
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    # -- kernel notifications ----------------------------------------------------------------
+
+    def invalidate(self, vol: Volume) -> None:
+        """Drop the kernel's cached attributes (size) of vol's file."""
+        self._notify(abi.NOTIFY_INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(vol.ino, -1, 0))
+
+    def invalidate_entry(self, name: str) -> None:
+        raw = name.encode()
+        self._notify(
+            abi.NOTIFY_INVAL_ENTRY,
+            abi.NOTIFY_INVAL_ENTRY_OUT.pack(ROOT_INO, len(raw), 0) + raw + b"\0",
+        )
+
+    def _notify(self, code: int, body: bytes) -> None:
+        try:
+            os.write(self._fd, abi.OUT_HEADER.pack(16 + len(body), code, 0) + body)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, *_GONE):
+                raise
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start a worker already counted in self._threads. The low-level start does not wait
+        for the new thread to run, so the spawning worker goes on with its request at once."""
+        _thread.start_new_thread(self._worker, ())
+
+    def _clone_fd(self) -> int:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, abi.DEV_IOC_CLONE, struct.pack("<I", self._fd))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _worker(self) -> None:
+        _sys.set_io_flusher()
+        try:
+            fd = self._clone_fd()
+        except OSError:
+            fd = -1
+        try:
+            self._serve(fd if fd >= 0 else self._fd)
+        except Exception:  # a bug here must not kill the device silently
+            log.exception("FUSE worker died")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with self._lock:
+                self._threads -= 1
+                if self._threads == 0:
+                    self._all_gone.set()
+
+    def _serve(self, fd: int) -> None:
+        head = bytearray(_FIRST)
+        data = mmap.mmap(-1, self.max_write + _PAGE)
+        dmv = memoryview(data)
+        bufs: list[bytearray | mmap.mmap] = [head, data]
+        lock = self._lock
+        readv = os.readv
+        try:
+            while True:
+                with lock:
+                    self._idle += 1
+                try:
+                    n = readv(fd, bufs)
+                except OSError as e:
+                    with lock:
+                        self._idle -= 1
+                    if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                        continue  # the request was interrupted before we read it
+                    if e.errno in _GONE:
+                        return
+                    raise
+                with lock:
+                    self._idle -= 1
+                    grow = (
+                        self._idle == 0 and self._threads < self.max_threads and not self._stopping
+                    )
+                    if grow:
+                        self._threads += 1
+                if grow:  # nobody is left waiting for requests: start a worker that will
+                    self._spawn()
+                self._handle(fd, head, dmv, n)
+                if self._idle >= self.max_idle:
+                    return  # enough spare workers wait already
+        finally:
+            dmv.release()
+            try:
+                data.close()
+            except BufferError:  # a view still referenced from a traceback: GC frees it
+                pass
+
+    def _reply(self, fd: int, unique: int, body: bytes = b"", err: int = 0) -> None:
+        try:
+            os.write(fd, abi.OUT_HEADER.pack(16 + len(body), -err, unique) + body)
+        except OSError as e:
+            # ENOENT: the request was interrupted or aborted meanwhile; nobody waits for it.
+            if e.errno not in (errno.ENOENT, *_GONE):
+                raise
+
+    def _handle(self, fd: int, head: bytearray, dmv: memoryview, n: int) -> None:
+        _, opcode, unique, nodeid = _HEAD.unpack_from(head)
+        try:
+            if opcode == abi.READ:
+                self._read(fd, unique, nodeid, head, dmv)
+                return
+            if opcode == abi.WRITE:
+                self._write(fd, unique, nodeid, head, dmv)
+                return
+            if opcode in _NO_REPLY:
+                return
+            # Everything else is rare: join the two iovecs into one payload.
+            payload = bytes(head[abi.IN_HEADER.size : min(n, _FIRST)])
+            if n > _FIRST:
+                payload += bytes(dmv[: n - _FIRST])
+            handler = _HANDLERS.get(opcode)
+            if handler is None:
+                self._reply(fd, unique, err=errno.ENOSYS)
+                return
+            body = handler(self, nodeid, payload)
+            self._reply(fd, unique, body)
+        except OSError as e:
+            self._reply(
+                fd, unique, err=e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+            )
+        except Exception:
+            log.exception("FUSE opcode %d failed", opcode)
+            self._reply(fd, unique, err=errno.EIO)
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def _volume(self, nodeid: int) -> Volume:
+        vol = self.volumes.by_ino.get(nodeid)
+        if vol is None:
+            raise OSError(errno.EIO, "device detached")
+        return vol
+
+    def _read(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
+        _, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(head, abi.IN_HEADER.size)
+        backend = self._volume(nodeid).backend
+        size = max(0, min(size, backend.size - offset))  # short read = EOF
+        out = dmv[:size]
+        backend.read(offset, out)
+        try:
+            os.writev(fd, (abi.OUT_HEADER.pack(16 + size, 0, unique), out))
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, *_GONE):
+                raise
+
+    def _write(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
+        _, offset, size, _, _, flags, _ = abi.WRITE_IN.unpack_from(head, abi.IN_HEADER.size)
+        vol = self._volume(nodeid)
+        if not vol.writable:
+            raise OSError(errno.EROFS, "read-only device")
+        vol.backend.write(offset, dmv[:size], bool(flags & _SYNC_FLAGS))
+        self._reply(fd, unique, abi.WRITE_OUT.pack(size, 0))
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def _attr(self, nodeid: int) -> tuple[int, ...]:
+        if nodeid == ROOT_INO:
+            t = int(self.volumes.created)
+            return (ROOT_INO, 0, 0, t, t, t, 0, 0, 0, stat.S_IFDIR | 0o755, 2, 0, 0, 0, _PAGE, 0)
+        vol = self.volumes.by_ino.get(nodeid)
+        if vol is None:
+            raise OSError(errno.ENOENT, "no such device")
+        size, t = vol.backend.size, int(vol.mtime)
+        mode = stat.S_IFREG | 0o600
+        return (vol.ino, size, (size + 511) // 512, t, t, t, 0, 0, 0, mode, 1, 0, 0, 0, _PAGE, 0)
+
+    def _op_init(self, nodeid: int, payload: bytes) -> bytes:
+        major, minor, readahead, flags = abi.INIT_IN.unpack_from(payload)
+        if major != abi.KERNEL_VERSION:
+            raise OSError(errno.EPROTO, f"FUSE protocol {major}.{minor} unsupported")
+        self.proto_minor = min(minor, abi.KERNEL_MINOR)
+        body = abi.INIT_OUT.pack(
+            abi.KERNEL_VERSION,
+            self.proto_minor,
+            readahead,
+            flags & _WANT,
+            min(self.max_background, 0xFFFF),
+            min(self.max_background * 3 // 4, 0xFFFF),
+            self.max_write,
+            1,
+            self.max_write // _PAGE,
+            0,
+            0,
+            0,
+        )
+        self._initialized.set()
+        return body
+
+    def _op_lookup(self, nodeid: int, payload: bytes) -> bytes:
+        name = payload.split(b"\0", 1)[0].decode(errors="surrogateescape")
+        vol = self.volumes.by_name.get(name) if nodeid == ROOT_INO else None
+        if vol is None:
+            raise OSError(errno.ENOENT, name)
+        return abi.ENTRY_OUT.pack(vol.ino, 0, 0, 0, 0, 0, *self._attr(vol.ino))
+
+    def _op_getattr(self, nodeid: int, payload: bytes) -> bytes:
+        return abi.ATTR_OUT.pack(0, 0, 0, *self._attr(nodeid))
+
+    def _op_setattr(self, nodeid: int, payload: bytes) -> bytes:
+        valid, _, _, size = struct.unpack_from("<IIQQ", payload)
+        attr = self._attr(nodeid)
+        if valid & abi.FATTR_SIZE and size != attr[1]:
+            raise OSError(errno.EPERM, "a device's size follows its table")
+        return abi.ATTR_OUT.pack(0, 0, 0, *attr)
+
+    def _op_open(self, nodeid: int, payload: bytes) -> bytes:
+        self.volumes.file_opened(nodeid)  # ENOENT for a detached device
+        # DIRECT_IO: every opener bypasses the page cache, loop and anyone else alike, so
+        # nothing is cached twice and nothing goes stale. PARALLEL: writes need no inode lock.
+        return abi.OPEN_OUT.pack(nodeid, abi.FOPEN_DIRECT_IO | abi.FOPEN_PARALLEL_DIRECT_WRITES, 0)
+
+    def _op_ok(self, nodeid: int, payload: bytes) -> bytes:
+        return b""
+
+    def _op_release(self, nodeid: int, payload: bytes) -> bytes:
+        self.volumes.file_released(nodeid)
+        return b""
+
+    def _op_fsync(self, nodeid: int, payload: bytes) -> bytes:
+        self._volume(nodeid).backend.flush()
+        return b""
+
+    def _op_fallocate(self, nodeid: int, payload: bytes) -> bytes:
+        _, offset, length, mode, _ = abi.FALLOCATE_IN.unpack_from(payload)
+        vol = self._volume(nodeid)
+        if not vol.writable:
+            raise OSError(errno.EROFS, "read-only device")
+        if mode == _FALLOC_PUNCH_HOLE | _FALLOC_KEEP_SIZE:  # loop's REQ_OP_DISCARD
+            vol.backend.discard(offset, length)
+        elif mode & ~_FALLOC_KEEP_SIZE == _FALLOC_ZERO_RANGE:  # REQ_OP_WRITE_ZEROES
+            end = offset + length
+            while offset < end:
+                chunk = min(end - offset, len(_ZEROES))
+                vol.backend.write(offset, memoryview(_ZEROES)[:chunk])
+                offset += chunk
+        else:
+            # Never ENOSYS: the kernel would turn fallocate off for the whole mount.
+            raise OSError(errno.EOPNOTSUPP, "unsupported fallocate mode")
+        return b""
+
+    def _op_opendir(self, nodeid: int, payload: bytes) -> bytes:
+        if nodeid != ROOT_INO:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return abi.OPEN_OUT.pack(0, 0, 0)
+
+    def _op_readdir(self, nodeid: int, payload: bytes) -> bytes:
+        _, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(payload)
+        entries = [(ROOT_INO, b".", 4), (ROOT_INO, b"..", 4)]  # DT_DIR
+        for name in self.volumes.names():
+            vol = self.volumes.by_name.get(name)
+            if vol is not None:
+                entries.append((vol.ino, name.encode(errors="surrogateescape"), 8))  # DT_REG
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            ino, raw, dtype = entries[index]
+            rec = abi.DIRENT.pack(ino, index + 1, len(raw), dtype) + raw
+            rec += bytes(-len(rec) % 8)
+            if len(out) + len(rec) > size:
+                break
+            out += rec
+        return bytes(out)
+
+    def _op_statfs(self, nodeid: int, payload: bytes) -> bytes:
+        return abi.STATFS_OUT.pack(0, 0, 0, len(self.volumes.by_ino), 0, _PAGE, 255, _PAGE, 0)
+
+    def _op_destroy(self, nodeid: int, payload: bytes) -> bytes:
+        self._stopping = True
+        return b""
+
+
+_HANDLERS = {
+    abi.INIT: RawFuseServer._op_init,
+    abi.LOOKUP: RawFuseServer._op_lookup,
+    abi.GETATTR: RawFuseServer._op_getattr,
+    abi.SETATTR: RawFuseServer._op_setattr,
+    abi.OPEN: RawFuseServer._op_open,
+    abi.RELEASE: RawFuseServer._op_release,
+    abi.FLUSH: RawFuseServer._op_ok,
+    abi.FSYNC: RawFuseServer._op_fsync,
+    abi.FALLOCATE: RawFuseServer._op_fallocate,
+    abi.OPENDIR: RawFuseServer._op_opendir,
+    abi.READDIR: RawFuseServer._op_readdir,
+    abi.RELEASEDIR: RawFuseServer._op_ok,
+    abi.FSYNCDIR: RawFuseServer._op_ok,
+    abi.ACCESS: RawFuseServer._op_ok,
+    abi.STATFS: RawFuseServer._op_statfs,
+    abi.DESTROY: RawFuseServer._op_destroy,
+}

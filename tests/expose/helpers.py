@@ -1,0 +1,82 @@
+"""Backends and small tools the exposure tests share."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+
+from devmapper.expose import _sys
+from devmapper.expose.filebackend import FileBackend
+
+
+class SuspendableBackend(FileBackend):
+    """A file backend whose I/O can be held, as a suspended dm device holds it."""
+
+    def __init__(self, path: str, **kw: bool) -> None:
+        super().__init__(path, **kw)
+        self._running = threading.Event()
+        self._running.set()
+        self.blocked = 0  # calls currently held
+
+    def suspend(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def _gate(self) -> None:
+        if not self._running.is_set():
+            self.blocked += 1
+            try:
+                self._running.wait()
+            finally:
+                self.blocked -= 1
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        self._gate()
+        super().read(offset, buf)
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        self._gate()
+        super().write(offset, data, fua)
+
+    def flush(self) -> None:
+        self._gate()
+        super().flush()
+
+
+def make_file(path: str, size: int) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def run(*cmd: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def getsz(node: str) -> int:
+    return int(run("blockdev", "--getsz", node).stdout)
+
+
+def getro(node: str) -> int:
+    return int(run("blockdev", "--getro", node).stdout)
+
+
+@contextlib.contextmanager
+def mounted(node: str, mount_point: str, *opts: str) -> Iterator[str]:
+    """mount(8) a filesystem, always unmounted afterwards (lazily if it is stuck)."""
+    os.makedirs(mount_point, exist_ok=True)
+    run("mount", *opts, node, mount_point)
+    try:
+        yield mount_point
+    finally:
+        try:
+            _sys.umount(mount_point)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                _sys.umount(mount_point, _sys.MNT_DETACH)

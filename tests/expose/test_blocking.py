@@ -1,0 +1,87 @@
+"""A suspended device holds its I/O without stopping anyone else; lockfs freezes writers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from devmapper.expose import _sys
+
+from .helpers import SuspendableBackend, mounted, run
+
+pytestmark = pytest.mark.root
+
+MiB = 1 << 20
+
+
+def _dd_read(node: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["dd", f"if={node}", "of=/dev/null", "bs=64k", "count=16", "iflag=direct"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_suspended_device_blocks_only_itself(exposer, file_backend):
+    held = file_backend("held", 4 * MiB, SuspendableBackend)
+    free = file_backend("free", 4 * MiB)
+    exposer.attach("held", held)
+    exposer.attach("free", free)
+    held.suspend()
+    readers = [_dd_read(exposer.node("held")) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 10
+        while held.blocked < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held.blocked >= 3  # the held device's requests did reach the backend
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in readers)
+
+        # Another device keeps serving, and so do the control operations.
+        node = exposer.node("free")
+        run("dd", "if=/dev/urandom", f"of={node}", "bs=1M", "count=4", "oflag=direct", timeout=30)
+        run("dd", f"if={node}", "of=/dev/null", "bs=4k", "iflag=direct", timeout=30)
+        exposer.attach("late", file_backend("late", MiB))
+        assert exposer.resize("free") == 4 * MiB
+        assert os.stat(exposer.path("held")).st_size == 4 * MiB  # GETATTR is served too
+        assert all(p.poll() is None for p in readers)
+    finally:
+        held.resume()
+        codes = [p.wait(30) for p in readers]
+    assert codes == [0, 0, 0]
+
+
+def test_freeze_blocks_writers_until_thaw(exposer, file_backend, dirs):
+    exposer.attach("fz", file_backend("fz", 32 * MiB))
+    node = exposer.node("fz")
+    assert exposer.freeze("fz") is None  # nothing mounted: nothing to freeze
+    run("mkfs.ext4", "-q", "-F", node)
+    with mounted(node, os.path.join(dirs["base"], "fzmnt")) as mnt:
+        assert exposer.freeze("fz") == mnt
+        writer = subprocess.Popen(
+            ["dd", "if=/dev/zero", f"of={mnt}/file", "bs=64k", "count=4", "conv=fsync"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)
+            assert writer.poll() is None  # held by the frozen filesystem
+        finally:
+            assert exposer.thaw("fz") == mnt
+        assert writer.wait(30) == 0
+        assert os.path.getsize(f"{mnt}/file") == 4 * 65536
+        assert exposer.thaw("fz") is None or True  # thawing twice is harmless
+
+
+def test_server_threads_are_io_flushers(exposer, file_backend):
+    exposer.attach("fl", file_backend("fl", MiB))
+    run("dd", f"if={exposer.node('fl')}", "of=/dev/null", "bs=4k", "iflag=direct")
+    if not _sys.has_capability(_sys.CAP_SYS_RESOURCE):
+        assert exposer.io_flusher is False  # refused, and the server said so
+        pytest.skip("PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE, which this process lacks")
+    assert exposer.io_flusher and _sys.task_is_io_flusher()
+    flagged = sum(_sys.task_is_io_flusher(int(t)) for t in os.listdir("/proc/self/task"))
+    assert flagged >= 2  # the caller and at least one FUSE worker
