@@ -1,0 +1,77 @@
+"""A real devmapperd serving real block devices (FUSE + loop), with a private DM_DEV_DIR."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
+
+from daemonlib import DaemonProc, daemon_env, short_tempdir  # noqa: E402
+
+from devmapper.library import DeviceMapper  # noqa: E402
+
+
+class Served:
+    def __init__(self, daemon: DaemonProc, dev_dir: Path, work: Path) -> None:
+        self.daemon = daemon
+        self.dev_dir = dev_dir
+        self.work = work
+
+    def node(self, name: str) -> str:
+        return str(self.dev_dir / "mapper" / name)
+
+    def dm(self) -> DeviceMapper:
+        return self.daemon.dm()
+
+    def file(self, name: str, size: int) -> str:
+        path = self.work / name
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return str(path)
+
+
+def run(*argv: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    rundir = short_tempdir()
+    dev_dir = rundir / "dev"
+    (dev_dir / "mapper").mkdir(parents=True)
+    work = Path(os.environ.get("BLOCKDEV_WORK", "/var/tmp")) / rundir.name
+    work.mkdir()
+    env = daemon_env(DEVMAPPER_EXPOSE="1", DM_DEV_DIR=str(dev_dir))
+    daemon = DaemonProc(rundir, env).start()
+    s = Served(daemon, dev_dir, work)
+    try:
+        yield s
+    finally:
+        for line in run("findmnt", "-rn", "-o", "TARGET", check=False).stdout.splitlines():
+            if line.startswith(str(work)):
+                run("umount", "-l", line, check=False)
+        try:
+            with daemon.dm() as dm:
+                dm.remove_all()
+        except OSError:
+            pass
+        daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.fixture
+def mountpoint(served: Served) -> Callable[[str], str]:
+    def make(name: str) -> str:
+        path = served.work / name
+        path.mkdir()
+        return str(path)
+
+    return make
