@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from conftest import Served, run
+from blockdevlib import Served, run
 
 from devmapper.library import DMError
 
