@@ -377,28 +377,49 @@ def decode_string(buf: bytes | memoryview, start: int, end: int) -> str:
     return _cstr(bytes(buf[start:end]))
 
 
+#: The kernel's isspace() (lib/ctype.c): C whitespace plus Latin-1 no-break space 0xa0.
+KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+
+
 def split_params(params: str) -> list[str]:
-    """dm_split_args: split on whitespace; a backslash makes the next character literal."""
+    """dm_split_args, on the bytes the kernel sees: split on the kernel's whitespace; a
+    backslash makes the next byte literal; a trailing backslash stays as it is."""
+    raw = params.encode("utf-8", "surrogateescape")
     out: list[str] = []
-    cur: list[str] = []
-    in_word = False
-    escaped = False
-    for ch in params:
-        if escaped:
-            cur.append(ch)
-            escaped = False
-            in_word = True
-        elif ch == "\\":
-            escaped = True
-            in_word = True
-        elif ch.isspace():
-            if in_word:
-                out.append("".join(cur))
-                cur = []
-                in_word = False
-        else:
-            cur.append(ch)
-            in_word = True
-    if in_word:
-        out.append("".join(cur))
-    return out
+    i, n = 0, len(raw)
+    while True:
+        while i < n and raw[i] in KERNEL_SPACE:
+            i += 1
+        if i >= n:
+            return out
+        word = bytearray()
+        while i < n:
+            c = raw[i]
+            if c == 0x5C and i + 1 < n:  # backslash quotes the next byte
+                word.append(raw[i + 1])
+                i += 2
+                continue
+            if c in KERNEL_SPACE:
+                break
+            word.append(c)
+            i += 1
+        i += 1  # past the whitespace that ended the word
+        out.append(word.decode("utf-8", "surrogateescape"))
+
+
+def scan_ulongs(text: str, count: int) -> list[int] | None:
+    """sscanf("%lu %lu ... %lu%c") == count: unsigned decimals (wrapping at 2**64 as the
+    kernel's parser does), separated by optional whitespace, and nothing after the last."""
+    raw = text.encode("utf-8", "surrogateescape")
+    values = []
+    i, n = 0, len(raw)
+    for _ in range(count):
+        while i < n and raw[i] in KERNEL_SPACE:
+            i += 1
+        start = i
+        while i < n and 0x30 <= raw[i] <= 0x39:
+            i += 1
+        if i == start:
+            return None
+        values.append(int(raw[start:i]) & 0xFFFFFFFFFFFFFFFF)
+    return values if i == n else None

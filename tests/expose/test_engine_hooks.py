@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -41,13 +42,17 @@ def test_hooks_follow_a_device_through_its_life(exposer, file_backend):
     hooks.renamed(md, "md")
     node = exposer.node("renamed")
     assert os.stat(node).st_rdev == os.makedev(*dev)
-    assert hooks.busy(md) is False
+    assert hooks.open_count(md) == 0
     fd = os.open(node, os.O_RDONLY)
     try:
-        assert hooks.busy(md) is True
+        assert hooks.open_count(md) == 1
+        with pytest.raises(OSError) as e:
+            hooks.release(md, deferred=False)  # open: the removal is refused
+        assert e.value.errno == errno.EBUSY
     finally:
         os.close(fd)
 
     index = exposer.volumes.get("renamed").loop
-    hooks.released(md)
+    assert hooks.release(md, deferred=False) is True
     assert loop.backing_file(index) is None and not os.path.exists(node)
+    assert hooks.release(md, deferred=False) is True  # already gone: nothing to do

@@ -1,0 +1,408 @@
+"""Live move: pvmove's job over the library, for the kernel and the engine alike.
+
+Every linear segment of a live device that maps onto the source device is moved, one at a
+time: the segment is reloaded as a `mirror` (core log) of its old area (leg 0, the default
+leg: reads and not-yet-copied writes go there) and its new area (leg 1); once the mirror
+reports every region in sync, the segment is reloaded as linear on the new area. Writes
+never stop being acknowledged in between: the reloads are ordinary suspend/resume swaps.
+
+The move's plan (the original and final tables) is kept in a state file, one per device
+name, under /run/devmapper/moves/ ($DEVMAPPER_MOVE_DIR overrides), so an interrupted move
+can be continued or aborted by another process. Without a state file the plan is derived
+from the table: a 2-leg core-log mirror segment means "moving from leg 0 to leg 1".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import select
+import stat
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from devmapper.uapi import TargetSpec
+
+if TYPE_CHECKING:
+    from devmapper.library import DeviceMapper
+
+STATE_ENV = "DEVMAPPER_MOVE_DIR"
+STATE_DIR = "/run/devmapper/moves"
+#: Mirror region size for the temporary mirrors (sectors): big regions copy fast; writes to
+#: the one region being copied wait for at most this much I/O.
+DEFAULT_REGION_SIZE = 4096
+BLKGETSIZE64 = 0x80081272
+
+#: progress(done_sectors, total_sectors, segment_index, segment_count)
+Progress = Callable[[int, int, int, int], None]
+
+
+class MoveError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Seg:
+    """One table line, comparable: what the driver prints back for it."""
+
+    start: int
+    length: int
+    kind: str
+    params: str
+
+    @classmethod
+    def of(cls, spec: TargetSpec) -> Seg:
+        return cls(spec.start, spec.length, spec.target_type, " ".join(spec.params.split()))
+
+    def spec(self) -> TargetSpec:
+        return TargetSpec(self.start, self.length, self.kind, self.params)
+
+    def linear(self) -> tuple[str, int] | None:
+        if self.kind != "linear":
+            return None
+        dev, off = self.params.split()
+        return dev, int(off)
+
+    def mirror_legs(self) -> list[tuple[str, int]] | None:
+        """The legs of a core-log mirror, else None."""
+        if self.kind != "mirror":
+            return None
+        w = self.params.split()
+        if w[0] != "core":
+            return None
+        at = 2 + int(w[1])
+        n = int(w[at])
+        return [(w[at + 1 + 2 * i], int(w[at + 2 + 2 * i])) for i in range(n)]
+
+
+@dataclass
+class MovePlan:
+    name: str
+    source: str
+    dest: str
+    original: list[Seg]
+    final: list[Seg]
+    region_size: int = DEFAULT_REGION_SIZE
+
+    def to_json(self) -> str:
+        def segs(s: list[Seg]) -> list[list[object]]:
+            return [[x.start, x.length, x.kind, x.params] for x in s]
+
+        return json.dumps({"name": self.name, "from": self.source, "to": self.dest,
+                           "region_size": self.region_size,
+                           "original": segs(self.original), "final": segs(self.final)},
+                          indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> MovePlan:
+        d = json.loads(text)
+
+        def segs(rows: list[list[object]]) -> list[Seg]:
+            return [Seg(int(str(r[0])), int(str(r[1])), str(r[2]), str(r[3])) for r in rows]
+
+        return cls(d["name"], d["from"], d["to"], segs(d["original"]), segs(d["final"]),
+                   int(d.get("region_size", DEFAULT_REGION_SIZE)))
+
+    @property
+    def total(self) -> int:
+        return sum(o.length for o, f in zip(self.original, self.final, strict=True) if o != f)
+
+
+# ---------------------------------------------------------------- naming devices
+
+
+def canonical_device(arg: str) -> str:
+    """How a table prints a device: major:minor for block devices, the real path for files
+    (the engine's extension); "major:minor" text is kept as it is."""
+    major, sep, minor = arg.partition(":")
+    if sep and major.isdigit() and minor.isdigit():
+        return arg
+    try:
+        st = os.stat(arg)
+    except OSError as e:
+        raise MoveError(f"{arg}: {e.strerror}")
+    if stat.S_ISBLK(st.st_mode):
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    if stat.S_ISREG(st.st_mode):
+        return os.path.realpath(arg)
+    raise MoveError(f"{arg}: not a block device or file")
+
+
+def device_sectors(name: str) -> int | None:
+    """Size of a canonical device name in sectors, when this host can see it."""
+    path = name
+    major, sep, minor = name.partition(":")
+    if sep and major.isdigit() and minor.isdigit():
+        path = _node_for(int(major), int(minor)) or ""
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISBLK(st.st_mode):
+            return int(struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]) >> 9
+        return st.st_size >> 9
+    finally:
+        os.close(fd)
+
+
+def _node_for(major: int, minor: int) -> str | None:
+    try:
+        with open(f"/sys/dev/block/{major}:{minor}/uevent") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return "/dev/" + line.strip().split("=", 1)[1]
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- planning and state
+
+
+def plan_move(name: str, table: list[TargetSpec], source: str, dest: str,
+              dest_offset: int | None = None,
+              region_size: int = DEFAULT_REGION_SIZE) -> MovePlan:
+    """The final table: each linear segment on ``source`` moved to ``dest``, at the same
+    offset, or packed one after another from ``dest_offset``."""
+    if source == dest:
+        raise MoveError("source and destination are the same device")
+    original = [Seg.of(s) for s in table]
+    final = []
+    at = dest_offset
+    moved = 0
+    for seg in original:
+        lin = seg.linear()
+        if lin is None or lin[0] != source:
+            if seg.kind not in ("linear", "zero", "error") and source in seg.params.split():
+                raise MoveError(f"segment at {seg.start} ({seg.kind}) uses {source}: only "
+                                "linear segments can be moved")
+            final.append(seg)
+            continue
+        off = lin[1] if at is None else at
+        if at is not None:
+            at += seg.length
+        final.append(Seg(seg.start, seg.length, "linear", f"{dest} {off}"))
+        moved += 1
+    if not moved:
+        raise MoveError(f"no segment of {name} is on {source}")
+    # Nothing may land on an area of dest that another segment already uses.
+    areas = sorted((lin[1], lin[1] + s.length) for s in final
+                   if (lin := s.linear()) is not None and lin[0] == dest)
+    for (_, end), (start, _) in zip(areas, areas[1:], strict=False):
+        if start < end:
+            raise MoveError(f"segments would overlap on {dest}")
+    size = device_sectors(dest)
+    if size is not None and areas and areas[-1][1] > size:
+        raise MoveError(f"{dest} is too small: {areas[-1][1]} sectors needed, {size} there")
+    return MovePlan(name, source, dest, original, final, region_size)
+
+
+def state_dir() -> str:
+    return os.environ.get(STATE_ENV, STATE_DIR)
+
+
+def state_path(name: str) -> str:
+    return os.path.join(state_dir(), name.replace("/", "%2F") + ".json")
+
+
+def save_state(plan: MovePlan) -> None:
+    os.makedirs(state_dir(), exist_ok=True)
+    path = state_path(plan.name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(plan.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(dm: DeviceMapper, name: str) -> MovePlan:
+    try:
+        with open(state_path(name)) as f:
+            return MovePlan.from_json(f.read())
+    except FileNotFoundError:
+        pass
+    # No state file: a core-log mirror segment with two legs is a move from leg 0 to leg 1.
+    current = [Seg.of(s) for s in dm.table(name)]
+    original, final = [], []
+    pair: tuple[str, str] | None = None
+    for seg in current:
+        legs = seg.mirror_legs()
+        if legs is None or len(legs) != 2:
+            original.append(seg)
+            final.append(seg)
+            continue
+        (old, old_off), (new, new_off) = legs
+        pair = pair or (old, new)
+        original.append(Seg(seg.start, seg.length, "linear", f"{old} {old_off}"))
+        final.append(Seg(seg.start, seg.length, "linear", f"{new} {new_off}"))
+    if pair is None:
+        raise MoveError(f"no move of {name} in progress")
+    return MovePlan(name, pair[0], pair[1], original, final)
+
+
+def drop_state(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path(name))
+
+
+# ---------------------------------------------------------------- doing it
+
+
+def _mirror_seg(old: Seg, new: Seg, region_size: int) -> Seg:
+    lo, ln = old.linear(), new.linear()
+    assert lo is not None and ln is not None
+    rs = region_size
+    while rs > old.length:  # a region may not be bigger than the target
+        rs >>= 1
+    if rs < 2:
+        raise MoveError(f"segment at {old.start} is too short to mirror")
+    return Seg(old.start, old.length, "mirror",
+               f"core 1 {rs} 2 {lo[0]} {lo[1]} {ln[0]} {ln[1]}")
+
+
+def _swap(dm: DeviceMapper, name: str, index: int, seg: Seg) -> None:
+    """Reload the table with one segment replaced; the resume swaps it in live."""
+    current = [Seg.of(s) for s in dm.table(name)]
+    current[index] = seg
+    read_only = dm.info(name).read_only
+    dm.load(name, [s.spec() for s in current], read_only=read_only)
+    dm.resume(name)
+
+
+def _wait_mirror(dm: DeviceMapper, name: str, index: int, on_progress: Callable[[float], None],
+                 poll: float = 0.2) -> None:
+    """Until segment ``index`` reports every region in sync. Device events (DEV_ARM_POLL on
+    the control descriptor) wake us early; the status is re-read at least every ``poll``."""
+    while True:
+        with contextlib.suppress(OSError):
+            dm.arm_poll()
+        words = dm.status(name)[index].params.split()
+        n = int(words[0])
+        done, total = (int(x) for x in words[1 + n].split("/"))
+        health = words[3 + n]
+        on_progress(done / total if total else 1.0)
+        if "D" in health or "F" in health or "S" in health:
+            raise MoveError(f"a leg of {name} failed (status {health}): --abort or --continue "
+                            "once it is fixed")
+        if done == total:
+            return
+        try:
+            select.select([dm.fileno()], [], [], poll)
+        except (OSError, ValueError):
+            time.sleep(poll)
+
+
+def run_plan(dm: DeviceMapper, plan: MovePlan, progress: Progress | None = None,
+             backwards: bool = False) -> None:
+    """Bring every segment from ``original`` to ``final`` (or back, when ``backwards``)."""
+    src_segs, dst_segs = (plan.final, plan.original) if backwards else (plan.original,
+                                                                        plan.final)
+    todo = [i for i, (o, f) in enumerate(zip(plan.original, plan.final, strict=True)) if o != f]
+    total = sum(plan.original[i].length for i in todo)
+    done = 0
+    for k, i in enumerate(todo):
+        src, dst = src_segs[i], dst_segs[i]
+        cur = Seg.of(dm.table(plan.name)[i])
+        seg_len = src.length
+        if cur == dst:
+            done += seg_len
+            continue
+        legs = cur.mirror_legs()
+        if legs == [dst.linear(), src.linear()]:
+            # Mid-copy in the other direction: leg 0, the area we go to, holds every write.
+            _swap(dm, plan.name, i, dst)
+            done += seg_len
+            continue
+        if cur == src:
+            _swap(dm, plan.name, i, _mirror_seg(src, dst, plan.region_size))
+        elif legs != [src.linear(), dst.linear()]:
+            raise MoveError(f"segment {i} of {plan.name} changed outside the move: "
+                            f"{cur.kind} {cur.params}")
+
+        def report(frac: float, k: int = k, base: int = done, n: int = seg_len) -> None:
+            if progress is not None:
+                progress(base + int(frac * n), total, k, len(todo))
+
+        _wait_mirror(dm, plan.name, i, report)
+        _swap(dm, plan.name, i, dst)
+        done += seg_len
+        if progress is not None:
+            progress(done, total, k, len(todo))
+
+
+def move(dm: DeviceMapper, name: str, source: str, dest: str, *,
+         dest_offset: int | None = None, region_size: int = DEFAULT_REGION_SIZE,
+         progress: Progress | None = None) -> MovePlan:
+    """Move every linear segment of ``name`` on ``source`` to ``dest`` while it is in use."""
+    if os.path.exists(state_path(name)):
+        raise MoveError(f"a move of {name} is already in progress: --continue or --abort it")
+    table = dm.table(name)
+    plan = plan_move(name, table, canonical_device(source), canonical_device(dest),
+                     dest_offset, region_size)
+    save_state(plan)
+    run_plan(dm, plan, progress)
+    drop_state(name)
+    return plan
+
+
+def continue_move(dm: DeviceMapper, name: str, progress: Progress | None = None) -> MovePlan:
+    plan = load_state(dm, name)
+    run_plan(dm, plan, progress)
+    drop_state(name)
+    return plan
+
+
+def abort_move(dm: DeviceMapper, name: str, progress: Progress | None = None) -> MovePlan:
+    """Back to the original table: a segment mid-copy is reloaded on its old area at once;
+    a segment already moved is copied back the same way it went."""
+    plan = load_state(dm, name)
+    run_plan(dm, plan, progress, backwards=True)
+    drop_state(name)
+    return plan
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream (stderr)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 40) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self._last = ""
+        self._tty = self.stream.isatty()
+
+    def __call__(self, done: int, total: int, seg: int, segs: int) -> None:
+        frac = done / total if total else 1.0
+        fill = int(frac * self.width)
+        line = f"{self.label}: [{'#' * fill}{'.' * (self.width - fill)}] {frac * 100:5.1f}% " \
+               f"segment {seg + 1}/{segs}"
+        if line == self._last:
+            return
+        if self._tty:
+            self.stream.write("\r" + line)
+        elif int(frac * 10) != int(self._frac_last() * 10) or frac >= 1.0:
+            self.stream.write(line + "\n")  # a log file gets a line per 10%
+        self.stream.flush()
+        self._last = line
+
+    def _frac_last(self) -> float:
+        try:
+            return float(self._last.split("]")[1].split("%")[0]) / 100
+        except (IndexError, ValueError):
+            return -1.0
+
+    def close(self) -> None:
+        if self._tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()

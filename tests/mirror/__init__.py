@@ -1,0 +1,1 @@
+"""Mirror target, dirty logs and live move tests (issue 7)."""
