@@ -247,9 +247,12 @@ def decode_status_reply(buf: bytes | memoryview, hdr: DmIoctl) -> list[TargetSpe
     specs = []
     first = hdr.data_start
     pos = first
+    raw = buf if isinstance(buf, bytes) else bytes(buf)
+    end = hdr.data_size
     for _ in range(hdr.target_count):
-        s, length, status, nxt, ttype = SPEC.unpack_from(buf, pos)
-        params = _cstr(bytes(buf[pos + SPEC.size:hdr.data_size]))
+        s, length, status, nxt, ttype = SPEC.unpack_from(raw, pos)
+        nul = raw.find(b"\0", pos + SPEC.size, end)
+        params = raw[pos + SPEC.size:nul if nul >= 0 else end].decode("utf-8", "surrogateescape")
         specs.append(TargetSpec(s, length, _cstr(ttype), params, status))
         pos = first + nxt
     return specs

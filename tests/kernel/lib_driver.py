@@ -42,14 +42,7 @@ from devmapper.uapi import DM_IOCTL_SIZE, Cmd, DmIoctl, Flag, TargetSpec  # noqa
 CHECKS: dict[str, Callable[[Ctx], None]] = {}
 #: Checks that fail because of a known bug outside this tier: the exact failure, for
 #: xfail(strict=True) in test_library_kernel.py.
-XFAIL = {
-    "wait_in_a_thread_leaves_other_threads_running":
-        "KernelTransport.ioctl passes its 16 KiB bytearray to fcntl.ioctl with mutate_flag; "
-        "CPython only releases the GIL around ioctl() for buffers of at most 1024 bytes, so "
-        "a DEV_WAIT (library.wait) in one thread blocks every thread of the process until an "
-        "event arrives: the forked child's main thread never got past its sleep and was killed "
-        "after 8 s",
-}
+XFAIL: dict[str, str] = {}
 
 
 def check(fn: Callable[[Ctx], None]) -> Callable[[Ctx], None]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
+import ctypes
 import os
 
 from devmapper.uapi import ioctl_request
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
 
 
 def control_path() -> str:
@@ -20,8 +24,13 @@ class KernelTransport:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
 
     def ioctl(self, cmd: int, buf: bytearray) -> None:
-        # mutate_flag=True: the kernel's copy-out lands in buf, as libdevmapper sees it.
-        fcntl.ioctl(self._fd, ioctl_request(cmd), buf, True)
+        # Through ctypes, not fcntl.ioctl: for buffers over 1 KiB fcntl.ioctl keeps the GIL
+        # while the kernel works, so a DEV_WAIT in one thread would stop every thread.
+        # from_buffer is zero-copy: the kernel's copy-out lands in buf itself.
+        arg = (ctypes.c_char * len(buf)).from_buffer(buf)
+        if _libc.ioctl(self._fd, ioctl_request(cmd), arg) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def fileno(self) -> int:
         return self._fd

@@ -217,6 +217,10 @@ class Engine:
 
         got = open_path(self.cache, path, read_only, mapped)
         if isinstance(got, MappedDevice):
+            if not got.type_set:
+                # 4.47 adds a mapped device's disk at its first table load: until then
+                # nothing can open it.
+                raise OSError(errno.ENXIO, "mapped device has no disk yet")
             # 4.47 lets a table name its own device (it then holds itself open), as the
             # real driver shows; I/O through such a table fails rather than recursing.
             got.open()

@@ -208,7 +208,7 @@ class MappedDevice:
             self._gate_wait()
         try:
             if self.read_only:
-                raise OSError(errno.EROFS, "device is read-only")
+                raise OSError(errno.EPERM, "device is read-only")
             if offset < 0 or offset + len(data) > self._nbytes:
                 raise _eio("write beyond the end of the device")
             self._write(offset, data, fua)
@@ -228,7 +228,7 @@ class MappedDevice:
         table = self._enter()
         try:
             if self.read_only:
-                raise OSError(errno.EROFS, "device is read-only")
+                raise OSError(errno.EPERM, "device is read-only")
             if offset < 0 or length < 0 or offset + length > self._nbytes:
                 raise _eio("discard beyond the end of the device")
             if length:

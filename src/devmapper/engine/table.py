@@ -51,8 +51,15 @@ class Table:
         return self.md.dev_name
 
     def get_device(self, path: str) -> Underlying:
-        dev = self.md.engine.open_underlying(path, self.read_only, self.md)
-        self._devices.setdefault(id(dev), dev)
+        """dm_get_device: a device the table already holds is shared, not opened again."""
+        engine = self.md.engine
+        dev = engine.open_underlying(path, self.read_only, self.md)
+        key = id(getattr(dev, "md", dev))
+        held = self._devices.get(key)
+        if held is not None:
+            engine.close_underlying(dev)
+            return held
+        self._devices[key] = dev
         return dev
 
     def event(self) -> None:
@@ -70,6 +77,9 @@ class Table:
         if not length:
             log.error("%s: zero-length target", self.device_name)
             raise TableError(errno.EINVAL, "zero-length target")
+        if start + length > ((1 << 63) - 1) >> SECTOR_SHIFT:
+            log.error("%s: too large device", self.device_name)
+            raise TableError(errno.EINVAL, "too large device")
         ttype = lookup_target_type(type_name)
         if ttype is None:
             log.error("%s: %s: unknown target type", self.device_name, type_name)

@@ -217,4 +217,4 @@ def open_path(cache: DeviceCache, path: str, read_only: bool,
         key = ("file", st.st_dev, st.st_ino)
         return cache.get((key, read_only),
                          lambda: FdDevice((key, read_only), real, 0, real, read_only))
-    raise OSError(errno.ENOTBLK, f"{path}: not a block device")
+    raise OSError(errno.ENODEV, f"{path}: not a block device")  # lookup_bdev fails

@@ -293,12 +293,11 @@ SCENARIOS = [
         rename_by_uuid("BU-UUID", "bu2"),
         ls(),
     ]),
-    # ---- known differences: xfail(strict=True) with the exact diff
+    # ---- differences the engine once had, kept as regression checks
     Scenario("write-read-only-device", {"A": 1024}, [
         create("ro", "0 64 linear {A} 0", readonly=True),
         info("ro"),
         write("ro", 0, 8, seed=16),
         read("ro", 0, 8),
-    ], xfail="a write to a read-only mapped device: kernel EPERM (blkdev_write_iter), "
-       "engine EROFS (MappedDevice.write)"),
+    ]),
 ]

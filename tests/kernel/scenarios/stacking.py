@@ -115,7 +115,7 @@ SCENARIOS = [
         state("x"),
     ]),
 
-    # ---- known differences
+    # ---- differences the engine once had, kept as regression checks
     Scenario("stack-one-device-in-two-targets", {"A": 1024}, [
         create("low", "0 512 linear {A} 0"),
         create("hi", "0 128 linear {dm:low} 0\n128 128 linear {dm:low} 256"),
@@ -124,7 +124,5 @@ SCENARIOS = [
         create("st", "0 64 striped 2 8 {dm:hi} 0 {dm:hi} 128"),
         info("hi"),
         deps("st"),
-    ], xfail="a table using one mapped device in several targets (or stripes) holds it once "
-       "in the kernel (dm_get_device shares the table's dm_dev): low open_count 1, deps of hi "
-       "['254:0']; the engine opens it once per use: open_count 2, deps ['254:0', '254:0']"),
+    ]),
 ]
