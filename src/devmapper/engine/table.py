@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from devmapper.targets.base import Underlying
 
 log = logging.getLogger("devmapper.kernel")
+_FANOUT = 64
 
 
 class TableError(Exception):
@@ -109,6 +110,13 @@ class Table:
 
     def complete(self) -> None:
         self._single = self.targets[0] if len(self.targets) == 1 else None
+        # A two-level index, like the kernel's btree over its array of ends: a small list
+        # (every 64th start, cache-hot) narrows the search to 64 entries of the big one.
+        self._coarse = self.starts[::_FANOUT]
+
+    def _index(self, offset: int) -> int:
+        lo = (bisect_right(self._coarse, offset) - 1) * _FANOUT
+        return bisect_right(self.starts, offset, lo, min(lo + _FANOUT, len(self.starts))) - 1
 
     def io_entry_points(self) -> tuple[Callable[[int, memoryview], None],
                                        Callable[[int, memoryview, bool], None]]:
@@ -158,7 +166,7 @@ class Table:
     def find_target(self, sector: int) -> Target | None:
         if sector >= self.size:
             return None
-        return self.targets[bisect_right(self.starts, sector << SECTOR_SHIFT) - 1]
+        return self.targets[self._index(sector << SECTOR_SHIFT)]
 
     def destroy(self) -> None:
         for t in self.targets:
@@ -191,7 +199,7 @@ class Table:
         if single is not None:
             single.read(offset, buf)
             return
-        i = bisect_right(self.starts, offset) - 1
+        i = self._index(offset)
         end = offset + len(buf)
         if end <= self.ends[i]:
             self.targets[i].read(offset - self.starts[i], buf)
@@ -208,7 +216,7 @@ class Table:
         if single is not None:
             single.write(offset, data, fua)
             return
-        i = bisect_right(self.starts, offset) - 1
+        i = self._index(offset)
         end = offset + len(data)
         if end <= self.ends[i]:
             self.targets[i].write(offset - self.starts[i], data, fua)
@@ -221,7 +229,7 @@ class Table:
             i += 1
 
     def discard(self, offset: int, length: int) -> None:
-        i = bisect_right(self.starts, offset) - 1
+        i = self._index(offset)
         end = offset + length
         while offset < end:
             stop = min(end, self.ends[i])
