@@ -104,7 +104,8 @@ def test_fio_verify_during_suspend_resume(served: Served) -> None:
         try:
             r = run("fio", "--name=verify", f"--filename={node}", "--rw=randwrite", "--bs=4k",
                     "--size=16M", "--direct=1", "--ioengine=libaio", "--iodepth=8",
-                    "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", check=False)
+                    "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+                    "--verify_state_save=0", check=False)
         finally:
             stop.set()
             t.join(30)
