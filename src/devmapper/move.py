@@ -23,7 +23,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -251,6 +251,21 @@ def load_state(dm: DeviceMapper, name: str) -> MovePlan:
     return MovePlan(name, pair[0], pair[1], original, final)
 
 
+@contextlib.contextmanager
+def move_lock(name: str) -> Iterator[None]:
+    """One mover per device at a time: an flock the kernel drops if the mover dies."""
+    os.makedirs(state_dir(), exist_ok=True)
+    fd = os.open(state_path(name)[:-len(".json")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MoveError(f"another devmapper move is working on {name}")
+        yield
+    finally:
+        os.close(fd)
+
+
 def drop_state(name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_path(name))
@@ -288,6 +303,9 @@ def _wait_mirror(dm: DeviceMapper, name: str, index: int, on_progress: Callable[
         with contextlib.suppress(OSError):
             dm.arm_poll()
         words = dm.status(name)[index].params.split()
+        if len(words) < 5:
+            raise MoveError(f"segment {index} of {name} is no longer a mirror: changed "
+                            "outside the move")
         n = int(words[0])
         done, total = (int(x) for x in words[1 + n].split("/"))
         health = words[3 + n]
@@ -345,30 +363,34 @@ def move(dm: DeviceMapper, name: str, source: str, dest: str, *,
          dest_offset: int | None = None, region_size: int = DEFAULT_REGION_SIZE,
          progress: Progress | None = None) -> MovePlan:
     """Move every linear segment of ``name`` on ``source`` to ``dest`` while it is in use."""
-    if os.path.exists(state_path(name)):
-        raise MoveError(f"a move of {name} is already in progress: --continue or --abort it")
-    table = dm.table(name)
-    plan = plan_move(name, table, canonical_device(source), canonical_device(dest),
-                     dest_offset, region_size)
-    save_state(plan)
-    run_plan(dm, plan, progress)
-    drop_state(name)
+    with move_lock(name):
+        if os.path.exists(state_path(name)):
+            raise MoveError(f"a move of {name} is already in progress: --continue or --abort "
+                            "it")
+        table = dm.table(name)
+        plan = plan_move(name, table, canonical_device(source), canonical_device(dest),
+                         dest_offset, region_size)
+        save_state(plan)
+        run_plan(dm, plan, progress)
+        drop_state(name)
     return plan
 
 
 def continue_move(dm: DeviceMapper, name: str, progress: Progress | None = None) -> MovePlan:
-    plan = load_state(dm, name)
-    run_plan(dm, plan, progress)
-    drop_state(name)
+    with move_lock(name):
+        plan = load_state(dm, name)
+        run_plan(dm, plan, progress)
+        drop_state(name)
     return plan
 
 
 def abort_move(dm: DeviceMapper, name: str, progress: Progress | None = None) -> MovePlan:
     """Back to the original table: a segment mid-copy is reloaded on its old area at once;
     a segment already moved is copied back the same way it went."""
-    plan = load_state(dm, name)
-    run_plan(dm, plan, progress, backwards=True)
-    drop_state(name)
+    with move_lock(name):
+        plan = load_state(dm, name)
+        run_plan(dm, plan, progress, backwards=True)
+        drop_state(name)
     return plan
 
 

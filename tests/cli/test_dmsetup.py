@@ -121,6 +121,28 @@ def test_version(dmsetup: Dmsetup) -> None:
                      "Driver version:    4.47.0\n")
 
 
+def test_version_switch_and_command_set_up(dmsetup: Dmsetup, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    """As verified in the guest: --version skips the checks; the command repeats with
+    --count, and runs the udev set-up (DM_DEV_DIR messages, DM_UDEV_COOKIE errors)."""
+    from devmapper import __version__
+
+    once = f"Library version:   {__version__}\nDriver version:    4.47.0\n"
+    assert (dmsetup("--version", "foo").rc, dmsetup("--version", "foo").out) == (0, once)
+    assert dmsetup("version", "--count", "2").out == once * 2
+    monkeypatch.setenv("DM_UDEV_COOKIE", "bad")
+    assert (dmsetup("version").err, dmsetup("version").out) == ("Incorrect cookie value.\n", once)
+    monkeypatch.delenv("DM_UDEV_COOKIE")
+    monkeypatch.setenv("DM_DEV_DIR", str(tmp_path))
+    r = dmsetup("version", "-vv")
+    assert r.out.startswith(f"The path {tmp_path} used for creating device nodes that is set "
+                            "via DM_DEV_DIR environment variable differs from the path /dev/ "
+                            "that is used by udev. All warnings about udev not working "
+                            "correctly while processing particular nodes will be suppressed. "
+                            "These nodes and symlinks will be managed in each directory "
+                            "separately.\nDM udev checking disabled\nLibrary version:   ")
+
+
 def test_targets_and_target_version(dmsetup: Dmsetup) -> None:
     r = dmsetup("targets").ok()
     assert "linear           v1.4.0\n" in r.out and "zero             v1.1.0\n" in r.out

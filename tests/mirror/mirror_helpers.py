@@ -78,6 +78,22 @@ def target(dm: DeviceMapper, name: str, index: int = 0) -> MirrorTarget:
     return t
 
 
+def wait_log_idle(dm: DeviceMapper, name: str, timeout: float = 10.0) -> None:
+    """Until the disk log has nothing left to write and no write in progress (kmirrord's
+    log write flushes the legs first: suspending a leg under it would stall it)."""
+    from devmapper.targets.dirty_log.disk import DiskLog
+
+    log = target(dm, name).log
+    assert isinstance(log, DiskLog)
+    deadline = time.monotonic() + timeout
+    while True:
+        with log._io_lock:
+            if not (log.touched_cleaned or log.touched_dirtied):
+                return
+        assert time.monotonic() < deadline, "disk log never went idle"
+        time.sleep(0.01)
+
+
 def read_at(path: str, offset: int, n: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:

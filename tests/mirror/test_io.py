@@ -12,7 +12,7 @@ from collections.abc import Callable
 from devmapper.library import DeviceMapper
 from devmapper.targets.dirty_log.disk import decode_log
 
-from .mirror_helpers import MiB, read_at, status, target, wait_sync
+from .mirror_helpers import MiB, read_at, status, target, wait_log_idle, wait_sync
 
 
 def test_writes_reach_every_leg(dm: DeviceMapper, mkfile: Callable[..., str]) -> None:
@@ -228,10 +228,7 @@ def test_disk_log_marks_a_region_dirty_before_writing(
     dm.create("m", f"0 {size // 512} mirror disk 3 {log} {region} nosync 2 {a} 0 "
                    f"{ix.major}:{ix.minor} 0")
     assert all(decode_log(read_at(log, 0, 2048))[3])
-    mlog = target(dm, "m").log
-    deadline = time.monotonic() + 5
-    while (mlog.touched_cleaned or mlog.touched_dirtied) and time.monotonic() < deadline:
-        time.sleep(0.01)  # kmirrord's first log write flushes the legs: let it finish
+    wait_log_idle(dm, "m")
     dm.suspend("x")  # the write to region 3 reaches a, then blocks on x
     t = threading.Thread(target=lambda: dm.open("m").write(3 * region * 512 + 512,
                                                            memoryview(b"D" * 512)))

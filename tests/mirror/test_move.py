@@ -217,6 +217,17 @@ def test_plan_errors(dm: DeviceMapper, volume: dict[str, str],
     assert not os.path.exists(state_path("vol"))
 
 
+def test_one_mover_at_a_time(dm: DeviceMapper, volume: dict[str, str]) -> None:
+    from devmapper.move import move_lock
+
+    with move_lock("vol"), pytest.raises(MoveError, match="another devmapper move"):
+        move(dm, "vol", volume["a"], volume["b"])
+    with move_lock("vol"), pytest.raises(MoveError, match="another devmapper move"):
+        abort_move(dm, "vol")
+    move(dm, "vol", volume["a"], volume["b"])  # the lock went with its holder
+    assert table_lines(dm, "vol") == final_table(volume)
+
+
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     from devmapper.cli.tool import main
 

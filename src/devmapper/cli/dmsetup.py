@@ -2,10 +2,11 @@
 
     main(argv, transport=None, stdin=None, stdout=None, stderr=None) -> exit status
 
-``argv`` excludes the program name. Without a ``transport`` the driver is chosen as the
-library chooses it (the kernel if /dev/mapper/control answers, else the engine daemon);
-``--backend kernel|engine|inprocess|auto`` or DEVMAPPER_BACKEND choose explicitly (the
-option is not listed by `dmsetup help`, whose text stays LVM2's byte for byte).
+``argv`` excludes the program name. Without a ``transport`` the driver is the kernel when
+it has device-mapper (reached, as libdm does, through DM_DEV_DIR/mapper/control, made if
+missing), else the engine daemon (see cli/control.py). ``--backend
+kernel|engine|inprocess|auto`` or DEVMAPPER_BACKEND choose explicitly (the option is not
+listed by `dmsetup help`, whose text stays LVM2's byte for byte).
 
 Startup is kept cheap (`dmsetup version` must cost little more than starting Python):
 this module imports only the option parser; everything else is imported on use.
@@ -191,6 +192,8 @@ def _run(ctx: Ctx, o: Any, dev_dir: str, transport: Transport | None) -> int:
     if ctx.verbose > 2:
         ctx.start_clock()
     argv: list[str] = o.args
+    # --help and --version skip the checks and set-up below, and always exit 0.
+    switch = bool(o.sw.get("help") or o.sw.get("version"))
     if o.sw.get("help"):
         name = "help"
     elif o.sw.get("version"):
@@ -209,16 +212,34 @@ def _run(ctx: Ctx, o: Any, dev_dir: str, transport: Transport | None) -> int:
             ctx.log_error("Incorrect number of arguments.")
             ctx.stderr.write(usage_text())
             return 1
-    if name == "version" and ctx.verbose < 2:
+    if name == "version" and _fast_version_ok(o, ctx, switch):
         from devmapper.cli.fastversion import version
 
         choice = o.backend or os.environ.get("DEVMAPPER_BACKEND") or None
         if version(ctx, dev_dir, choice, transport, _lib_version()):
             return 0
         ctx.log_error("Command failed.")
-        return 1
+        return 0 if switch else 1
+    rc = _run_state(ctx, o, dev_dir, transport, name, switch)
+    return 0 if switch else rc
+
+
+def _fast_version_ok(o: Any, ctx: Ctx, switch: bool) -> bool:
+    """The set-up the full path does for the version command prints nothing here."""
+    if ctx.verbose >= 2:
+        return False
+    return switch or not (o.sw.get("columns") or o.sw.get("options") or o.sw.get("tree")
+                          or o.sw.get("count") or o.sw.get("interval")
+                          or os.environ.get("DM_UDEV_COOKIE"))
+
+
+def _run_state(ctx: Ctx, o: Any, dev_dir: str, transport: Transport | None, name: str,
+               switch: bool) -> int:
+    from devmapper.cli.usage import COMMANDS
+
+    argv: list[str] = o.args
     st = _state(ctx, o, dev_dir, transport)
-    if name not in ("help", "version"):
+    if not switch:
         if name == "splitname" and not st.sw("columns"):
             o.sw["columns"] = 1
         if name == "mangle":
@@ -244,7 +265,7 @@ def _run(ctx: Ctx, o: Any, dev_dir: str, transport: Transport | None) -> int:
     count = o.ints.get("count", 0) if o.sw.get("count") else 0
     if not count and (o.sw.get("count") or o.sw.get("interval")):
         count = -1
-    count = count or 1
+    count = 1 if switch else count or 1
     interval = o.ints.get("interval", 1) if o.sw.get("interval") else 1
     while True:
         ok = _perform(st, fn, repeatable, argv, multiple)

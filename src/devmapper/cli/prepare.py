@@ -110,7 +110,8 @@ def set_up_udev_support(st: State, dev_dir: str) -> None:
                          "correctly while processing particular nodes will be suppressed. "
                          "These nodes and symlinks will be managed in each directory "
                          "separately.")
-        st.lib.udev_checking = False
+        st.lib.udev_checking = False  # dm_udev_set_checking(0)
+        st.ctx.log_debug("DM udev checking disabled")
 
 
 def report_init(st: State, name: str) -> bool:
