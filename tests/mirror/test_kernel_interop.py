@@ -28,7 +28,15 @@ import pytest
 from devmapper.library import DeviceMapper
 from devmapper.targets.dirty_log.disk import decode_log
 
-from .mirror_helpers import MiB, make_file, read_at, target, wait_sync, write_at
+from .mirror_helpers import (
+    MiB,
+    make_file,
+    read_at,
+    target,
+    wait_log_idle,
+    wait_sync,
+    write_at,
+)
 from .mirror_scenarios import ENGINE_SCENARIOS, KERNEL_SCRIPT, KERNEL_TRACES
 from .test_table import CTR_CASES, engine_load
 
@@ -316,9 +324,7 @@ def test_engine_crash_log_accepted_by_kernel(guest: Guest, work: Path,
     ix = dm.info("x")
     dm.create("m", f"0 8192 mirror disk 2 {log} 512 2 {a} 0 {ix.major}:{ix.minor} 0")
     wait_sync(dm, "m")
-    mlog = target(dm, "m").log
-    while mlog.touched_cleaned or mlog.touched_dirtied:
-        time.sleep(0.01)
+    wait_log_idle(dm, "m")
     dm.suspend("x")  # the write reaches a and the log, then waits on x
     t = threading.Thread(target=lambda: dm.open("m").write(9 * 512 * 512 + 4096,
                                                            memoryview(b"E" * 4096)))
@@ -366,13 +372,15 @@ fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 --t
 FIO=$!
 sleep 3
 mover() { python3 -m devmapper.cli.tool move "$@" < /dev/null 2>>move.err; }
-killmid() { mover vol --from $A --to $B & MV=$!
+# The mover itself in the background (not a function's subshell): SIGKILL must hit it.
+killmid() { python3 -m devmapper.cli.tool move vol --from $A --to $B < /dev/null 2>>move.err &
+  MV=$!
   for i in $(seq 1200); do dmsetup table vol | grep -q mirror && break; sleep 0.1; done
   sleep 1; kill -9 $MV; wait $MV || true; }
 killmid; echo "killed|$(dmsetup table vol | awk '{print $3}' | tr '\n' ' ')"
 mover --abort vol; echo "aborted|$(dmsetup table vol | tr '\n' ';')"
 killmid; mover --continue vol; echo "continued|$(dmsetup table vol | tr '\n' ';')"
-ls moves | wc -l
+ls moves/*.json 2>/dev/null | wc -l
 kill $FIO; wait $FIO || true
 fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 \
   --verify=crc32c --verify_only --verify_state_load=1 --ioengine=psync > verify.out 2>&1 \
