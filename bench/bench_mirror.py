@@ -20,7 +20,6 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 from devmapper.library import DeviceMapper
 
@@ -35,6 +34,11 @@ def fill(path: str, size: int) -> None:
         os.fsync(f.fileno())
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread: the resync runs in one
+    return r.ru_utime + r.ru_stime
+
+
 def settle(path: str) -> None:
     """Untimed: write the destination's dirty pages out, so no run pays for the last one's
     writeback."""
@@ -45,24 +49,24 @@ def settle(path: str) -> None:
         os.close(fd)
 
 
-def baseline(src: str, dst: str, size: int) -> float:
-    """copy_file_range of the whole size, as one copier would do it."""
+def baseline(src: str, dst: str, size: int) -> tuple[float, float]:
+    """copy_file_range of the whole size, as one copier would do it: (wall, CPU) seconds."""
     fi = os.open(src, os.O_RDONLY)
     fo = os.open(dst, os.O_WRONLY)
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         done = 0
         while done < size:
             done += os.copy_file_range(fi, fo, size - done, done, done)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, cpu_seconds() - c0
     finally:
         os.close(fi)
         os.close(fo)
 
 
 def resync(src: str, dst: str, size: int, region: int, log: str | None = None,
-           stacked: bool = False) -> float:
-    """From table load to the mirror's in-sync event."""
+           stacked: bool = False) -> tuple[float, float]:
+    """From table load to the mirror's in-sync event: (wall, CPU) seconds."""
     with DeviceMapper.in_process() as dm:
         leg1 = dst
         if stacked:
@@ -70,10 +74,10 @@ def resync(src: str, dst: str, size: int, region: int, log: str | None = None,
             info = dm.info("x")
             leg1 = f"{info.major}:{info.minor}"
         kind = f"disk 2 {log} {region}" if log else f"core 1 {region}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         dm.create("m", f"0 {size // 512} mirror {kind} 2 {src} 0 {leg1} 0")
         dm.wait("m", 0)  # the kernel's one event: in sync
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0, cpu_seconds() - c0
         words = dm.status("m")[0].params.split()
         done, total = words[3].split("/")
         assert done == total, words
@@ -81,18 +85,6 @@ def resync(src: str, dst: str, size: int, region: int, log: str | None = None,
         if stacked:
             dm.remove("x")
         return elapsed
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread: the resync runs in one
-    return r.ru_utime + r.ru_stime
-
-
-def measure(fn: Callable[[], float]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run."""
-    c0 = cpu_seconds()
-    wall = fn()
-    return wall, cpu_seconds() - c0
 
 
 def fresh_log(path: str) -> str:
@@ -122,9 +114,9 @@ def main() -> None:
         mirror: list[tuple[float, float]] = []
         for _ in range(args.repeat):  # interleaved: both see the same machine state
             settle(b)
-            base.append(measure(lambda: baseline(a, b, size)))
+            base.append(baseline(a, b, size))
             settle(b)
-            mirror.append(measure(lambda: resync(a, b, size, args.region)))
+            mirror.append(resync(a, b, size, args.region))
         mib = size / (1 << 20)
         # Wall clock, best of N as bench_core.py does: other load only ever adds time. CPU
         # time (median), which a machine shared with other work does not inflate.
@@ -142,9 +134,9 @@ def main() -> None:
         t_disk = t_stacked = float("inf")
         for _ in range(extra):
             settle(b)
-            t_disk = min(t_disk, resync(a, b, size, args.region, log=fresh_log(log)))
+            t_disk = min(t_disk, resync(a, b, size, args.region, log=fresh_log(log))[0])
             settle(b)
-            t_stacked = min(t_stacked, resync(a, b, size, args.region, stacked=True))
+            t_stacked = min(t_stacked, resync(a, b, size, args.region, stacked=True)[0])
         print(f"  info: disk log        {mib / t_disk:9.1f} MiB/s wall (best; ratio "
               f"{bw / t_disk:.2f}): a log write and two leg flushes per region")
         print(f"  info: stacked leg     {mib / t_stacked:9.1f} MiB/s wall (best; ratio "
