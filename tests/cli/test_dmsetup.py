@@ -7,11 +7,14 @@ tables use targets that need no backing device so the texts do not depend on the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Dmsetup
 
 from devmapper.cli.usage import usage_text
+
+if TYPE_CHECKING:  # the fixture's type (another directory's conftest may own the name)
+    from conftest import Dmsetup
 
 USAGE = usage_text()
 INFO_A = ("Name:              a\nState:             ACTIVE\nRead Ahead:        256\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from devmapper.cli import udev
 from devmapper.cli.state import Listed, State
@@ -111,21 +112,28 @@ def load(st: State, args: list[str], listed: Listed | None, multiple: bool) -> b
         st.ctx.log_error("Too many command line arguments.")
         return False
     file = args[0] if len(args) == 1 else None
+    t = _reload(st, name, lambda t: parse_file(st, t, file))
+    return t is not None and _verbose_info(st, t)
+
+
+def _reload(st: State, name: str | None, table: Callable[[Task], bool]) -> Task | None:
+    """Load a table (filled in by ``table``) into one device: the run task, else None."""
     t = st.lib.task("reload")
-    if t is None:
-        return False
-    if not st.set_task_device(t, name) or not parse_file(st, t, file):
-        return False
+    if t is None or not st.set_task_device(t, name) or not table(t):
+        return None
     if st.sw("readonly"):
         t.read_only = True
     st.common_flags(t)
-    if not st.run(t):
-        return False
-    if st.sw("verbose"):
-        from devmapper.cli.display import display_info
+    return t if st.run(t) else None
 
-        return display_info(st, t)
-    return True
+
+def _verbose_info(st: State, t: Task) -> bool:
+    """-v after a change: the device's info."""
+    if not st.sw("verbose"):
+        return True
+    from devmapper.cli.display import display_info
+
+    return display_info(st, t)
 
 
 def create_one_device(st: State, name: str, file: str | None,
@@ -161,11 +169,7 @@ def create_one_device(st: State, name: str, file: str | None,
     finally:
         if not st.o.udev_cookie:
             st.lib.udev_wait(cookie)
-    if ok and st.sw("verbose"):
-        from devmapper.cli.display import display_info
-
-        return display_info(st, t)
-    return ok
+    return ok and _verbose_info(st, t)
 
 
 def create(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
@@ -298,17 +302,17 @@ def rename(st: State, args: list[str], listed: Listed | None, multiple: bool) ->
     return do_rename(st, name, args[-1], None)
 
 
+def _device_args(st: State, ttype: str, args: list[str]) -> tuple[Task | None, list[str]]:
+    """message and setgeometry: the device from -u/-j/-m, else the first argument."""
+    if st.sw("uuid") or st.sw("major"):
+        return st.device_task(ttype, None), args
+    return st.device_task(ttype, args[0]), args[1:]
+
+
 def message(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
-    t = st.lib.task("message")
+    t, args = _device_args(st, "message", args)
     if t is None:
         return False
-    if st.sw("uuid") or st.sw("major"):
-        if not st.set_task_device(t, None):
-            return False
-    else:
-        if not st.set_task_device(t, args[0]):
-            return False
-        args = args[1:]
     sector = _strtoull(args[0]) if args else None
     if sector is None:
         st.ctx.log_error("Invalid sector.")
@@ -318,7 +322,6 @@ def message(st: State, args: list[str], listed: Listed | None, multiple: bool) -
     if not args:
         st.ctx.log_error("No message supplied.")
     t.message = " ".join(args)
-    st.common_flags(t)
     if not st.run(t):
         return False
     response = t.message_response()
@@ -341,18 +344,10 @@ def _strtoull(text: str) -> int | None:
 
 
 def setgeometry(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
-    t = st.lib.task("setgeometry")
+    t, args = _device_args(st, "setgeometry", args)
     if t is None:
         return False
-    if st.sw("uuid") or st.sw("major"):
-        if not st.set_task_device(t, None):
-            return False
-    else:
-        if not st.set_task_device(t, args[0]):
-            return False
-        args = args[1:]
     t.geometry = " ".join(args[:4])
-    st.common_flags(t)
     return st.run(t)
 
 
@@ -389,11 +384,7 @@ def simple(st: State, ttype: str, name: str | None, event_nr: int = 0,
     finally:
         if not st.o.udev_cookie and udev_wait:
             st.lib.udev_wait(cookie)
-    if ok and display and st.sw("verbose"):
-        from devmapper.cli.display import display_info
-
-        ok = display_info(st, t)
-    return ok
+    return ok and (not display or _verbose_info(st, t))
 
 
 def suspend(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
@@ -422,13 +413,8 @@ def wait(st: State, args: list[str], listed: Listed | None, multiple: bool) -> b
 
 
 def get_device_size(st: State, name: str) -> int:
-    t = st.lib.task("table")
-    if t is None:
-        return 0
-    if not st.set_task_device(t, name):
-        return 0
-    st.common_flags(t)
-    if not st.run(t) or not t.exists:
+    t = st.device_task("table", name)
+    if t is None or not st.run(t) or not t.exists:
         return 0
     return sum(spec.length for spec in t.status_targets())
 
@@ -440,15 +426,7 @@ def error_device(st: State, args: list[str], listed: Listed | None, multiple: bo
         st.ctx.log_error("No device specified.")
         return False
     size = get_device_size(st, name)
-    t = st.lib.task("reload")
-    if t is None:
-        return False
-    if not st.set_task_device(t, name) or not t.add_target(0, size, "error", ""):
-        return False
-    if st.sw("readonly"):
-        t.read_only = True
-    st.common_flags(t)
-    if not st.run(t):
+    if _reload(st, name, lambda t: t.add_target(0, size, "error", "")) is None:
         return False
     if st.sw("force"):
         # Avoid hanging on a flush with --force.

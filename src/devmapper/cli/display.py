@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from devmapper.cli.tree import TreeNode
 
 CommandFn = Callable[[State, list[str], "Listed | None", bool], bool]
+#: A command on one device: (state, name or None for -u/-j/-m, several devices?).
+DeviceFn = Callable[[State, "str | None", bool], bool]
 
 
 def process_all(st: State, args: list[str], silent: bool, fn: CommandFn) -> bool:
@@ -38,6 +40,17 @@ def process_all(st: State, args: list[str], silent: bool, fn: CommandFn) -> bool
         if not fn(st, args, entry, True):
             r = False
     return r
+
+
+def per_device(fn: DeviceFn) -> CommandFn:
+    """The named device (or -u/-j/-m), else every device through _process_all."""
+    def command(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
+        if listed:
+            return fn(st, listed[0], multiple)
+        if not args and not st.sw("uuid") and not st.sw("major"):
+            return process_all(st, args, False, command)
+        return fn(st, args[0] if args else None, multiple)
+    return command
 
 
 # ---------------------------------------------------------------- info
@@ -333,20 +346,10 @@ def _get_deps(st: State, major: int, minor: int) -> list[tuple[int, int]] | None
     return t.deps()
 
 
-def info(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
-    if listed:
-        name: str | None = listed[0]
-    else:
-        if not args and not st.sw("uuid") and not st.sw("major"):
-            return process_all(st, args, False, info)
-        name = args[0] if args else None
-    t = st.lib.task("info")
-    if t is None:
-        return False
-    if not st.set_task_device(t, name):
-        return False
-    st.common_flags(t)
-    if not st.run(t):
+@per_device
+def info(st: State, name: str | None, multiple: bool) -> bool:
+    t = st.device_task("info", name)
+    if t is None or not st.run(t):
         return False
     return display_info(st, t)
 
@@ -386,29 +389,19 @@ def _hide_crypt_key(params: str) -> str:
 
 
 def make_status(cmd_name: str) -> CommandFn:
-    def fn(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
-        return status(st, cmd_name, args, listed, multiple)
-    return fn
+    def fn(st: State, name: str | None, multiple: bool) -> bool:
+        return status(st, cmd_name, name, multiple)
+    return per_device(fn)
 
 
-def status(st: State, cmd_name: str, args: list[str], listed: Listed | None,
-           multiple: bool) -> bool:
+def status(st: State, cmd_name: str, name: str | None, multiple: bool) -> bool:
     ctx = st.ctx
-    if listed:
-        name: str | None = listed[0]
-    else:
-        if not args and not st.sw("uuid") and not st.sw("major"):
-            return process_all(st, args, False, make_status(cmd_name))
-        name = args[0] if args else None
     is_table = cmd_name == "table"
     use_concise = is_table and bool(st.sw("concise"))
     ls_only = cmd_name == "ls"
-    t = st.lib.task("table" if is_table else "status")
+    t = st.device_task("table" if is_table else "status", name)
     if t is None:
         return False
-    if not st.set_task_device(t, name):
-        return False
-    st.common_flags(t)
     if st.sw("noflush"):
         t.no_flush = True
     if cmd_name == "measure":
@@ -471,21 +464,11 @@ def status(st: State, cmd_name: str, args: list[str], listed: Listed | None,
     return True
 
 
-def deps(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
+@per_device
+def deps(st: State, name: str | None, multiple: bool) -> bool:
     ctx = st.ctx
-    if listed:
-        name: str | None = listed[0]
-    else:
-        if not args and not st.sw("uuid") and not st.sw("major"):
-            return process_all(st, args, False, deps)
-        name = args[0] if args else None
-    t = st.lib.task("deps")
-    if t is None:
-        return False
-    if not st.set_task_device(t, name):
-        return False
-    st.common_flags(t)
-    if not st.run(t):
+    t = st.device_task("deps", name)
+    if t is None or not st.run(t):
         return False
     if not t.exists:
         ctx.out("Device does not exist.\n")
@@ -520,7 +503,7 @@ def _display_name(st: State, args: list[str], listed: Listed | None, multiple: b
 
 def ls(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
     if (st.sw("target") and st.o.target) or (st.sw("exec") and st.o.exec_cmd):
-        return status(st, "ls", args, None, False)
+        return make_status("ls")(st, args, None, False)
     if st.sw("tree"):
         return display_tree(st)
     return process_all(st, args, False, _display_name)
@@ -628,25 +611,21 @@ def splitname(st: State, args: list[str], listed: Listed | None, multiple: bool)
     return True
 
 
-def mangle_cmd(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
+@per_device
+def mangle_cmd(st: State, arg: str | None, multiple: bool) -> bool:
     from devmapper.cli.commands import do_rename
 
     ctx = st.ctx
-    if listed:
-        name: str = listed[0]
-    else:
-        if not args and not st.sw("uuid") and not st.sw("major"):
-            return process_all(st, args, False, mangle_cmd)
-        name = args[0]
     t = st.lib.task("status")
     if t is None:
         return False
-    if not st.set_task_device(t, name):
+    if not st.set_task_device(t, arg):
         return False
     if not st.sw("checks"):
         t.enable_checks = True
     if not st.run(t) or not t.exists:
         return False
+    name = t.name() if arg is None else arg  # -u/-j/-m: the device's own name
     uuid = t.get_uuid()
     # The build default, not DM_DEFAULT_NAME_MANGLING_MODE; the library itself runs with
     # mangling off for this command, and its "mangled" form is then the auto one.

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from devmapper.cli.report import NUM, SIZ, ReportError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from devmapper.cli.context import Ctx
     from devmapper.cli.report import Prop, Report
 
@@ -135,59 +137,47 @@ class _Parser:
         return root
 
     def or_ex(self, i: int) -> tuple[Node, int]:
+        return self._chain(i, "or", self.and_ex)
+
+    def and_ex(self, i: int) -> tuple[Node, int]:
+        return self._chain(i, "and", self.ex)
+
+    def _chain(self, i: int, op: str,
+               operand: Callable[[int], tuple[Node, int]]) -> tuple[Node, int]:
+        """operand (op operand)*: one node, or a group of them when op appears."""
         group: Group | None = None
         while True:
-            node, i = self.and_ex(i)
-            kind, j = _tok_log(self.s, i, {"or"})
+            node, i = operand(i)
+            kind, j = _tok_log(self.s, i, {op})
             if kind is None:
                 if group is None:
                     return node, i
                 group.members.append(node)
                 return group, i
             if group is None:
-                group = Group("or")
+                group = Group(op)
             group.members.append(node)
             i = j
 
-    def and_ex(self, i: int) -> tuple[Node, int]:
-        group: Group | None = None
-        while True:
-            node, i = self.ex(i)
-            kind, j = _tok_log(self.s, i, {"and"})
-            if kind is None:
-                if group is None:
-                    return node, i
-                group.members.append(node)
-                return group, i
-            if group is None:
-                group = Group("and")
-            group.members.append(node)
-            i = j
+    def _paren(self, kind: str, at: int) -> int:
+        """The parenthesis expected at ``at``: the index after it."""
+        k, j = _tok_log(self.s, at, {kind})
+        if k is None:
+            side = "left" if kind == "ps" else "right"
+            self.ctx.log_error(f"Syntax error: {side} parenthesis expected at "
+                               f"'{self.s[_skip(self.s, at):]}'")
+            raise ReportError
+        return j
 
     def ex(self, i: int) -> tuple[Node, int]:
         kind, j = _tok_log(self.s, i, {"not", "ps"})
         if kind == "not":
-            k, j2 = _tok_log(self.s, j, {"ps"})
-            if k is None:
-                self.ctx.log_error(f"Syntax error: left parenthesis expected at "
-                                   f"'{self.s[_skip(self.s, j):]}'")
-                raise ReportError
-            node, end = self.or_ex(j2)
+            node, end = self.or_ex(self._paren("ps", j))
             node.negate = not node.negate
-            k, j3 = _tok_log(self.s, end, {"pe"})
-            if k is None:
-                self.ctx.log_error(f"Syntax error: right parenthesis expected at "
-                                   f"'{self.s[_skip(self.s, end):]}'")
-                raise ReportError
-            return node, j3
+            return node, self._paren("pe", end)
         if kind == "ps":
             node, end = self.or_ex(j)
-            k, j3 = _tok_log(self.s, end, {"pe"})
-            if k is None:
-                self.ctx.log_error(f"Syntax error: right parenthesis expected at "
-                                   f"'{self.s[_skip(self.s, end):]}'")
-                raise ReportError
-            return node, j3
+            return node, self._paren("pe", end)
         return self.selection(_skip(self.s, i))
 
     def selection(self, i: int) -> tuple[Node, int]:

@@ -60,6 +60,14 @@ class State:
             return False
         return True
 
+    def device_task(self, ttype: str, name: str | None) -> Task | None:
+        """A task on one device (or -u/-j/-m) with the common switches."""
+        t = self.lib.task(ttype)
+        if t is None or not self.set_task_device(t, name):
+            return None
+        self.common_flags(t)
+        return t
+
     def common_flags(self, t: Task) -> None:
         """The switches nearly every dmsetup task copies."""
         if self.sw("noopencount"):

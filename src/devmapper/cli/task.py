@@ -109,18 +109,34 @@ class Task:
         if len(name.encode("utf-8", "surrogateescape")) >= uapi.DM_NAME_LEN:
             self.ctx.log_error(f'Name "{name}" too long.')
             return False
-        if not mangle.check_multiple(name, "name", mode, self.ctx.log_error):
-            return False
-        if mode != mangle.NONE:
-            m = mangle.mangle(name, "name", mode, self.ctx.log_error)
-            if m is None:
-                self.ctx.log_error(f'Failed to mangle device name "{name}".')
-                return False
-            if m != name:
-                self.ctx.log_debug(f"Device name mangled [{mode}]: {name} --> {m}")
-                self.mangled_name = m
-        self.dev_name = name
-        return True
+        ok, self.mangled_name = self._mangle(name, "name", mode, "Device name",
+                                             f'Failed to mangle device name "{name}".')
+        if ok:
+            self.dev_name = name
+        return ok
+
+    def _mangle(self, value: str, what: str, mode: str, label: str,
+                failed: str) -> tuple[bool, str | None]:
+        """libdm's check and mangling of a name or uuid it is given: (ok, the mangled
+        value when it differs, else None), with libdm's messages."""
+        if not mangle.check_multiple(value, what, mode, self.ctx.log_error):
+            return False, None
+        if mode == mangle.NONE:
+            return True, None
+        m = mangle.mangle(value, what, mode, self.ctx.log_error)
+        if m is None:
+            self.ctx.log_error(failed)
+            return False, None
+        if m == value:
+            return True, None
+        self.ctx.log_debug(f"{label} mangled [{mode}]: {value} --> {m}")
+        return True, m
+
+    def _unmangled(self, value: str, what: str, mode: str) -> str | None:
+        """The driver's name or uuid unmangled, None (reported) when it cannot be."""
+        if not mangle.check_multiple(value, what, mode, self.ctx.log_error):
+            return None
+        return mangle.unmangle(value, what, mode, self.ctx.log_error)
 
     def _set_name_from_path(self, path: str, name: str) -> bool:
         if self.type == "create":
@@ -156,18 +172,11 @@ class Task:
     def set_uuid(self, uuid: str) -> bool:
         mode = self.lib.mangling
         self.uuid = self.mangled_uuid = None
-        if not mangle.check_multiple(uuid, "UUID", mode, self.ctx.log_error):
-            return False
-        if mode != mangle.NONE:
-            m = mangle.mangle(uuid, "UUID", mode, self.ctx.log_error)
-            if m is None:
-                self.ctx.log_error(f'Failed to mangle device uuid "{uuid}".')
-                return False
-            if m != uuid:
-                self.ctx.log_debug(f"Device uuid mangled [{mode}]: {uuid} --> {m}")
-                self.mangled_uuid = m
-        self.uuid = uuid
-        return True
+        ok, self.mangled_uuid = self._mangle(uuid, "UUID", mode, "Device uuid",
+                                             f'Failed to mangle device uuid "{uuid}".')
+        if ok:
+            self.uuid = uuid
+        return ok
 
     def set_newname(self, newname: str) -> bool:
         mode = self.lib.mangling
@@ -180,38 +189,22 @@ class Task:
         if not newname:
             self.ctx.log_error("Non empty new name is required.")
             return False
-        if not mangle.check_multiple(newname, "new name", mode, self.ctx.log_error):
-            return False
-        if mode != mangle.NONE:
-            m = mangle.mangle(newname, "new name", mode, self.ctx.log_error)
-            if m is None:
-                self.ctx.log_error(f'Failed to mangle new device name "{newname}"')
-                return False
-            if m != newname:
-                self.ctx.log_debug(f"New device name mangled [{mode}]: {newname} --> {m}")
-                newname = m
-        self.newname = newname
-        self.new_uuid = False
-        return True
+        ok, m = self._mangle(newname, "new name", mode, "New device name",
+                             f'Failed to mangle new device name "{newname}"')
+        if ok:
+            self.newname, self.new_uuid = m or newname, False
+        return ok
 
     def set_newuuid(self, newuuid: str) -> bool:
         mode = self.lib.mangling
         if len(newuuid.encode("utf-8", "surrogateescape")) >= uapi.DM_UUID_LEN:
             self.ctx.log_error(f'Uuid "{newuuid}" too long')
             return False
-        if not mangle.check_multiple(newuuid, "new UUID", mode, self.ctx.log_error):
-            return False
-        if mode != mangle.NONE:
-            m = mangle.mangle(newuuid, "new UUID", mode, self.ctx.log_error)
-            if m is None:
-                self.ctx.log_error(f'Failed to mangle new device UUID "{newuuid}"')
-                return False
-            if m != newuuid:
-                self.ctx.log_debug(f"New device uuid mangled [{mode}]: {newuuid} --> {m}")
-                newuuid = m
-        self.newname = newuuid
-        self.new_uuid = True
-        return True
+        ok, m = self._mangle(newuuid, "new UUID", mode, "New device uuid",
+                             f'Failed to mangle new device UUID "{newuuid}"')
+        if ok:
+            self.newname, self.new_uuid = m or newuuid, True
+        return ok
 
     def set_major(self, major: int) -> None:
         self.major = major
@@ -529,16 +522,12 @@ class Task:
         self._names = []
         if mode != mangle.NONE:
             if hdr.name:
-                if not mangle.check_multiple(hdr.name, "name", mode, self.ctx.log_error):
-                    return False
-                n = mangle.unmangle(hdr.name, "name", mode, self.ctx.log_error)
+                n = self._unmangled(hdr.name, "name", mode)
                 if n is None:
                     return False
                 hdr.name = n
             if self.type != "remove" and hdr.uuid:
-                if not mangle.check_multiple(hdr.uuid, "UUID", mode, self.ctx.log_error):
-                    return False
-                u = mangle.unmangle(hdr.uuid, "UUID", mode, self.ctx.log_error)
+                u = self._unmangled(hdr.uuid, "UUID", mode)
                 if u is None:
                     return False
                 hdr.uuid = u
@@ -546,9 +535,7 @@ class Task:
             for ent in uapi.decode_name_list(buf, hdr.data_start, hdr.data_size):
                 name = ent.name
                 if mode != mangle.NONE:
-                    if not mangle.check_multiple(name, "name", mode, self.ctx.log_error):
-                        return False
-                    n = mangle.unmangle(name, "name", mode, self.ctx.log_error)
+                    n = self._unmangled(name, "name", mode)
                     if n is None:
                         return False
                     name = n
