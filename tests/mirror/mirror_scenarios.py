@@ -228,3 +228,100 @@ KERNEL_TRACES: dict[str, list[str]] = {
         "read|2 X A 8/8 1 RA 1 core|2|4096",
     ],
 }
+
+
+# ---------------------------------------------------------------- requeue at a noflush suspend
+#
+# The kernel ends a held write at a noflush suspend with DM_MAPIO_REQUEUE: dm.c pushes it
+# back and re-issues it to whatever table is live after the resume. The engine's I/O gate
+# has no requeue (a request cannot leave the in-flight count and come back), so the mirror
+# lands the write on the healthy legs at the suspend and completes it. These scenarios pin
+# where that shows: the data is the same (the write reached the healthy leg either way), but
+# the writer's completion is not when the next table does not take the write.
+
+
+def _rc(r: dict[str, object]) -> str:
+    """dd's exit status in the guest: 0, or 1 for an I/O error."""
+    return "held" if "rc" not in r else "0" if r["rc"] == 0 else "1"
+
+
+def engine_requeue(dm: DeviceMapper, a: str, b: str, then: str) -> list[str]:
+    run = EngineRun(dm, a, b)
+    x = run.stacked(b)
+    dm.create("m", f"0 {SIZE} mirror core 1 {REGION} 2 {a} 0 {x} 0 1 handle_errors")
+    run.wait_sync()
+    run.fail_x()
+    w = run.write_async(W_OFF, b"W")
+    run.mark("write", "m", _done(w))
+    dm.suspend("m", noflush=True)
+    t = w["thread"]
+    assert isinstance(t, threading.Thread)
+    if then == "same_table":
+        dm.resume("m")  # no new table: the kernel requeues into this one, which holds again
+        time.sleep(1)  # recovery of the region tries the dead leg: S, an event
+        run.mark("resumed", "m", _rc(w))
+        dm.suspend("m")  # a flushing suspend fails what is held
+        t.join(10)
+        run.mark("suspended", "m", _rc(w))
+        dm.resume("m")
+    else:
+        dm.load("m", f"0 {SIZE} error")
+        dm.resume("m")
+        t.join(10)
+        run.mark("error", "m", _rc(w), read_at(a, W_OFF, 8).decode())
+    dm.remove("m")
+    dm.remove("x")
+    return run.lines
+
+
+REQUEUE_SCENARIOS: dict[str, Callable[[DeviceMapper, str, str], list[str]]] = {
+    "requeue_same_table": lambda dm, a, b: engine_requeue(dm, a, b, "same_table"),
+    "requeue_to_error": lambda dm, a, b: engine_requeue(dm, a, b, "error"),
+}
+
+#: The guest's side, with KERNEL_SCRIPT's helpers (run after it in the same shell).
+REQUEUE_KERNEL_SCRIPT = r"""
+rc_() { [ -e rc.$1 ] && cat rc.$1 || echo held; }
+requeue() {
+  rm -f rc.W; stacked
+  dmsetup create m --table "0 $SIZE mirror core 1 $REGION 2 $A 0 /dev/mapper/x 0 1 handle_errors"
+  waitsync; failx
+  wr 10 W; mark write m $(done_ W)
+  dmsetup suspend --noflush m
+  if [ $1 = same_table ]; then
+    dmsetup resume m; sleep 1; mark resumed m $(rc_ W)
+    dmsetup suspend m; wait; mark suspended m $(rc_ W); dmsetup resume m
+  else
+    dmsetup load m --table "0 $SIZE error"; dmsetup resume m; wait
+    mark error m $(rc_ W) "$(peek 40960)"
+  fi
+  dmsetup remove m; dmsetup remove x
+}
+echo "== requeue_same_table"; requeue same_table
+echo "== requeue_to_error"; requeue error
+"""
+
+#: What the kernel does (expected; the QEMU tier checks it) ...
+KERNEL_REQUEUE_TRACES: dict[str, list[str]] = {
+    "requeue_same_table": [
+        "write|2 A X 7/8 1 AD 1 core|2|held",
+        "resumed|2 A X 7/8 1 AD 1 core|3|held",  # requeued into the same table: held again
+        "suspended|2 A X 7/8 1 AD 1 core|3|1",  # the flushing suspend fails it
+    ],
+    "requeue_to_error": [
+        "write|2 A X 7/8 1 AD 1 core|2|held",
+        "error||2|1|WWWWWWWW",  # re-issued to the error table: EIO (A has the data anyway)
+    ],
+}
+#: ... and where the engine differs: the write completes at the noflush suspend.
+ENGINE_REQUEUE_TRACES: dict[str, list[str]] = {
+    "requeue_same_table": [
+        KERNEL_REQUEUE_TRACES["requeue_same_table"][0],
+        "resumed|2 A X 7/8 1 AD 1 core|3|0",
+        "suspended|2 A X 7/8 1 AD 1 core|3|0",
+    ],
+    "requeue_to_error": [
+        KERNEL_REQUEUE_TRACES["requeue_to_error"][0],
+        "error||2|0|WWWWWWWW",
+    ],
+}

@@ -17,7 +17,12 @@ import pytest
 from devmapper.library import DeviceMapper
 
 from .mirror_helpers import MiB, read_at, status, wait_sync
-from .mirror_scenarios import ENGINE_SCENARIOS, KERNEL_TRACES
+from .mirror_scenarios import (
+    ENGINE_REQUEUE_TRACES,
+    ENGINE_SCENARIOS,
+    KERNEL_TRACES,
+    REQUEUE_SCENARIOS,
+)
 
 
 @pytest.mark.parametrize("name", sorted(ENGINE_SCENARIOS))
@@ -25,6 +30,15 @@ def test_matches_the_kernel_trace(dm: DeviceMapper, mkfile: Callable[..., str],
                                   name: str) -> None:
     a, b = mkfile("a.img", 2 * MiB), mkfile("b.img", 2 * MiB)
     assert ENGINE_SCENARIOS[name](dm, a, b) == KERNEL_TRACES[name]
+
+
+@pytest.mark.parametrize("name", sorted(REQUEUE_SCENARIOS))
+def test_noflush_suspend_completes_held_writes(dm: DeviceMapper, mkfile: Callable[..., str],
+                                               name: str) -> None:
+    """The engine's known difference (no requeue): see mirror_scenarios; the kernel's side
+    is KERNEL_REQUEUE_TRACES, checked in the QEMU tier."""
+    a, b = mkfile("a.img", 2 * MiB), mkfile("b.img", 2 * MiB)
+    assert REQUEUE_SCENARIOS[name](dm, a, b) == ENGINE_REQUEUE_TRACES[name]
 
 
 def test_handle_errors_loses_nothing_acknowledged(

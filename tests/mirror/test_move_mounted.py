@@ -108,3 +108,57 @@ def test_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
     assert verify.returncode == 0, verify.stdout + verify.stderr
     subprocess.run(["umount", str(mnt)], check=True)
     assert subprocess.run(["e2fsck", "-fn", node], capture_output=True).returncode == 0
+
+
+def test_striped_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
+                                         tmp_path: Path) -> None:
+    """A striped segment with a stripe on the source moves through the temporary mirror
+    device (vol-pvmove), pvmove's way, with the filesystem mounted and fio writing."""
+    dm, ex, mnt = exposed
+    a, b, c = (tmp_path / f"{n}.img" for n in "abc")
+    for p in (a, b, c):
+        with open(p, "wb") as f:
+            f.truncate(64 * MiB)
+    s32 = 32 * MiB // 512
+    dm.create("vol", f"0 {2 * s32} striped 2 128 {a} 0 {c} 0\n"
+                     f"{2 * s32} {s32} linear {a} {s32}\n")
+    original = [s.params for s in dm.table("vol")]
+    node = ex.node("vol")  # type: ignore[attr-defined]
+    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
+    subprocess.run(["mount", node, str(mnt)], check=True)
+    load = subprocess.Popen([*FIO, f"--directory={mnt}", "--time_based", "--runtime=600",
+                             "--do_verify=0", "--verify_state_save=1", "--fsync=16",
+                             f"--output={tmp_path / 'fio.out'}"], cwd=tmp_path)
+    try:
+        time.sleep(3)
+        from devmapper.move import MoveError, temp_name
+
+        class Stop(Exception):
+            pass
+
+        def stop_early(done: int, total: int, seg: int, segs: int) -> None:
+            if done:
+                raise Stop
+
+        with pytest.raises(Stop):
+            move(dm, "vol", str(a), str(b), region_size=1024, progress=stop_early)
+        assert [s.target_type for s in dm.table(temp_name("vol"))] == ["mirror"]
+        abort_move(dm, "vol")
+        assert [s.params for s in dm.table("vol")] == original
+        assert temp_name("vol") not in [d.name for d in dm.list()]
+        with pytest.raises(MoveError):
+            abort_move(dm, "vol")
+        move(dm, "vol", str(a), str(b), region_size=1024)
+        time.sleep(2)
+    finally:
+        load.terminate()
+        load.wait(60)
+    assert [(s.target_type, s.params) for s in dm.table("vol")] == [
+        ("striped", f"2 128 {b} 0 {c} 0"), ("linear", f"{b} {s32}")]
+    assert temp_name("vol") not in [d.name for d in dm.list()]
+    verify = subprocess.run([*FIO, f"--directory={mnt}", "--verify_only",
+                             "--verify_state_load=1"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    subprocess.run(["umount", str(mnt)], check=True)
+    assert subprocess.run(["e2fsck", "-fn", node], capture_output=True).returncode == 0

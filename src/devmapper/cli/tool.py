@@ -4,9 +4,10 @@
     devmapper move --continue NAME
     devmapper move --abort NAME
 
-`move` moves every linear segment of the live device NAME that lies on --from onto --to
-(at the same offsets, or packed from --to-offset) while the device stays in use, showing
-progress on stderr. An interrupted move is finished with --continue or undone with --abort.
+`move` moves every linear segment and every stripe of the live device NAME that lies on
+--from onto --to (at the same offsets, or packed from --to-offset) while the device stays in
+use, showing progress on stderr. Stripes move through a temporary mirror device NAME-pvmove,
+as pvmove does. An interrupted move is finished with --continue or undone with --abort.
 """
 
 from __future__ import annotations
