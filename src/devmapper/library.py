@@ -8,9 +8,10 @@ answered. Results that outgrow the buffer are retried with a larger one, as on B
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from devmapper import uapi
@@ -37,21 +38,36 @@ INITIAL_BUFFER = 16 * 1024
 
 
 class DMError(OSError):
-    """A command the driver refused: errno, strerror, and which command on which device."""
+    """A command the driver refused: ``errno`` (and ``strerror``), the ``command``, and the
+    device it named (``name`` and ``uuid``, either may be empty)."""
 
-    def __init__(self, err: int, command: Cmd, name: str = "") -> None:
+    def __init__(self, err: int, command: Cmd, name: str = "", uuid: str = "") -> None:
         super().__init__(err, os.strerror(err))
         self.command = command
-        self.device = name
+        self.name = name
+        self.uuid = uuid
+
+    @property
+    def device(self) -> str:
+        """The name, else the uuid."""
+        return self.name or self.uuid
+
+    @property
+    def command_name(self) -> str:
+        """The command as libdevmapper names it ("reload", "info", ...)."""
+        return COMMAND_NAMES.get(self.command, str(self.command))
 
     def __str__(self) -> str:
-        return f"{COMMAND_NAMES.get(self.command, self.command)} ioctl on {self.device} " \
-               f"failed: {self.strerror}"
+        return f"{self.command_name} ioctl on {self.device} failed: {self.strerror}"
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
-    """What DEV_STATUS and most commands report about a device."""
+    """What DEV_STATUS and most commands report about a device.
+
+    ``version`` is the interface version the driver answered this command with; ``header``
+    the whole reply header (data_size, data_start, padding...), for what has no field here.
+    """
 
     name: str
     uuid: str
@@ -61,6 +77,8 @@ class DeviceInfo:
     event_nr: int
     target_count: int
     flags: int
+    version: tuple[int, int, int] = (0, 0, 0)
+    header: DmIoctl | None = field(default=None, compare=False, repr=False)
 
     @property
     def exists(self) -> bool:
@@ -90,7 +108,7 @@ class DeviceInfo:
     def from_header(cls, hdr: DmIoctl) -> DeviceInfo:
         major, minor = uapi.decode_dev(hdr.dev)
         return cls(hdr.name, hdr.uuid, major, minor, hdr.open_count, hdr.event_nr,
-                   hdr.target_count, hdr.flags)
+                   hdr.target_count, hdr.flags, hdr.version, hdr)
 
 
 #: A device as LIST_DEVICES reports it (name, dev, major, minor, event_nr, uuid).
@@ -103,6 +121,11 @@ class Reply:
 
     hdr: DmIoctl
     buf: bytes
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The interface version the driver answered this command with."""
+        return self.hdr.version
 
 
 def parse_table(text: str) -> list[TargetSpec]:
@@ -170,7 +193,7 @@ class DeviceMapper:
             try:
                 self.transport.ioctl(cmd, buf)
             except OSError as e:
-                raise DMError(e.errno or errno.EIO, cmd, name or uuid) from None
+                raise DMError(e.errno or errno.EIO, cmd, name, uuid) from None
             out = DmIoctl.unpack(buf)
             if out.flags & Flag.BUFFER_FULL and size < uapi.DM_MAX_DATA_SIZE:
                 size = min(size * 8, uapi.DM_MAX_DATA_SIZE)
@@ -295,7 +318,7 @@ class DeviceMapper:
         return [uapi.decode_dev(d) for d in uapi.decode_deps(reply.buf, reply.hdr.data_start)]
 
     def list(self, *, with_uuid: bool = True, name_prefix: str = "",
-             uuid_prefix: str = "") -> list[ListedDevice]:
+             uuid_prefix: str = "") -> builtins.list[ListedDevice]:
         reply = self.command(Cmd.LIST_DEVICES, name_prefix, uuid_prefix,
                              flags=Flag.UUID if with_uuid else 0)
         hdr = reply.hdr
@@ -312,12 +335,12 @@ class DeviceMapper:
         return None
 
     def wait(self, name: str | None = None, event_nr: int = 0, *, uuid: str | None = None,
-             dev: tuple[int, int] | None = None) -> tuple[DeviceInfo, list[TargetSpec]]:
+             dev: tuple[int, int] | None = None) -> tuple[DeviceInfo, builtins.list[TargetSpec]]:
         """DEV_WAIT: block until the device's event number differs from ``event_nr``."""
         reply = self.command(Cmd.DEV_WAIT, *self._id(name, uuid, dev), event_nr=event_nr)
         return DeviceInfo.from_header(reply.hdr), uapi.decode_status_reply(reply.buf, reply.hdr)
 
-    def targets(self) -> list[uapi.TargetVersion]:
+    def targets(self) -> builtins.list[uapi.TargetVersion]:
         reply = self.command(Cmd.LIST_VERSIONS)
         return uapi.decode_versions(reply.buf, reply.hdr.data_start)
 

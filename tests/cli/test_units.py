@@ -145,3 +145,91 @@ def test_control_dir_errors(tmp_path: Path) -> None:
                                    lambda _m: None)
     assert errors == [f"{tmp_path}/file/mapper: mkdir failed: Not a directory"]
     assert control.resolve("engine") == "engine" and control.resolve("kernel") == "kernel"
+
+
+# ---- the library under dmsetup: errors, replies, transports, backend choice
+
+
+def test_dmerror_fields() -> None:
+    import errno
+
+    from devmapper.library import DeviceMapper, DMError
+    from devmapper.uapi import Cmd
+
+    with DeviceMapper.in_process() as dm:
+        with pytest.raises(DMError) as e:
+            dm.info("nope")
+        assert (e.value.errno, e.value.command, e.value.name, e.value.uuid) == (
+            errno.ENXIO, Cmd.DEV_STATUS, "nope", "")
+        assert e.value.command_name == "info" and e.value.device == "nope"
+        assert str(e.value) == "info ioctl on nope failed: No such device or address"
+        with pytest.raises(DMError) as e:
+            dm.remove(uuid="U-1")
+        assert (e.value.name, e.value.uuid, e.value.device) == ("", "U-1", "U-1")
+
+
+def test_reply_version_and_header() -> None:
+    from devmapper.library import DeviceMapper
+    from devmapper.uapi import Cmd
+
+    with DeviceMapper.in_process() as dm:
+        info = dm.create("a", "0 8 zero\n")
+        assert info.version == dm.version() == dm.command(Cmd.DEV_STATUS, "a").version
+        assert info.header is not None and info.header.name == "a"
+        assert info.header.data_start >= 312
+        assert info == dm.info("a")  # the header does not take part in equality
+
+
+def test_kernel_transport_from_fd(tmp_path: Path) -> None:
+    import errno
+
+    from devmapper.control.kernel import KernelTransport
+
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    t = KernelTransport.from_fd(fd, "f", owned=False)
+    assert (t.fileno(), t.path) == (fd, "f")
+    with pytest.raises(OSError) as e:
+        t.ioctl(0, bytearray(312))  # not a control node
+    assert e.value.errno == errno.ENOTTY
+    t.close()
+    os.fstat(fd)  # still open: not ours to close
+    KernelTransport.from_fd(fd).close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_auto_backend_ignores_dm_dev_dir(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    from devmapper import backend
+    from devmapper.control import kernel
+
+    opened: list[str] = []
+
+    class Probe:
+        kind = "kernel"
+
+        def __init__(self, path: str | None = None) -> None:
+            self.path = path or kernel.control_path()
+            opened.append(self.path)
+            if self.path != kernel.DEFAULT_CONTROL:
+                raise FileNotFoundError(2, "No such file or directory", self.path)
+
+        def ioctl(self, cmd: int, buf: bytearray) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kernel, "KernelTransport", Probe)
+    monkeypatch.delenv("DEVMAPPER_BACKEND", raising=False)
+    monkeypatch.delenv("DM_DEV_DIR", raising=False)
+    assert backend.kernel_available()
+    assert isinstance(backend.default_transport(), Probe)
+    assert opened == [kernel.DEFAULT_CONTROL] * 2  # the probe's node, reused
+    # DM_DEV_DIR moves the node the kernel is reached through, not the choice.
+    monkeypatch.setenv("DM_DEV_DIR", str(tmp_path))
+    opened.clear()
+    assert backend.kernel_available()
+    with pytest.raises(FileNotFoundError):
+        backend.default_transport()
+    assert opened == [kernel.DEFAULT_CONTROL] * 2 + [str(tmp_path / "mapper" / "control")]

@@ -157,10 +157,7 @@ def _transport_factory(ctx: Ctx, choice: str | None, dev_dir: str) -> Callable[[
             from devmapper.control.kernel import KernelTransport
 
             path, fd = control.open_control(dev_dir, ctx.log_error, ctx.log_verbose)
-            try:
-                return KernelTransport(path)
-            finally:
-                os.close(fd)
+            return KernelTransport.from_fd(fd, path)
         from devmapper.backend import default_transport
 
         return default_transport(backend)

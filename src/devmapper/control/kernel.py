@@ -12,7 +12,12 @@ _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.ioctl.restype = ctypes.c_int
 
 
+#: Where the kernel's control node is, whatever DM_DEV_DIR says.
+DEFAULT_CONTROL = "/dev/mapper/control"
+
+
 def control_path() -> str:
+    """libdm's control node: DM_DEV_DIR/mapper/control."""
     return os.path.join(os.environ.get("DM_DEV_DIR", "/dev"), "mapper", "control")
 
 
@@ -22,6 +27,15 @@ class KernelTransport:
     def __init__(self, path: str | None = None) -> None:
         self.path = path or control_path()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        self._owned = True
+
+    @classmethod
+    def from_fd(cls, fd: int, path: str = "", *, owned: bool = True) -> KernelTransport:
+        """A transport over a control node already open as ``fd``; close() closes it only
+        when ``owned``."""
+        t = cls.__new__(cls)
+        t.path, t._fd, t._owned = path, fd, owned
+        return t
 
     def ioctl(self, cmd: int, buf: bytearray) -> None:
         # Through ctypes, not fcntl.ioctl: for buffers over 1 KiB fcntl.ioctl keeps the GIL
@@ -37,5 +51,6 @@ class KernelTransport:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            if self._owned:
+                os.close(self._fd)
             self._fd = -1
