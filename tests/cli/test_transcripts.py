@@ -32,9 +32,10 @@ def _quiet_engine() -> None:
 
 #: Scenarios where the engine, not dmsetup, still answers differently from kernel 6.1.
 ENGINE_DIFFERENCES = {
-    "table_showkeys": "the engine has no crypt target (every step loads or shows one)",
     "load_errors": "the kernel opens 7:200 (creating loop200): the engine answers ENXIO",
 }
+#: Targets the engine lacks, replaced by a stand-in for the scenarios that only need tables.
+STAND_INS = {"table_showkeys": {"crypt": "transcripts:TableOnlyCrypt"}}
 
 
 def _params() -> list[object]:
@@ -48,6 +49,11 @@ def _params() -> list[object]:
 
 
 @pytest.mark.parametrize("path", _params())
-def test_transcript(path: Path, tmp_path: Path) -> None:
+def test_transcript(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmapper import targets
+
+    if path.stem in STAND_INS:  # registered for this test only
+        monkeypatch.setattr(targets, "_REGISTRY", {**targets._REGISTRY, **STAND_INS[path.stem]})
+        monkeypatch.setattr(targets, "_loaded", dict(targets._loaded))
     diffs = replay(path, tmp_path)
     assert not diffs, "\n".join(diffs)

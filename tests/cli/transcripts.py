@@ -26,12 +26,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devmapper.cli import task as cli_task
 from devmapper.cli.dmsetup import main
 from devmapper.control.engine import EngineTransport
 from devmapper.engine.core import Engine
+from devmapper.targets.base import Target, TargetError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from devmapper.targets.base import StatusType, TargetContext
 
 _LIB_VERSION = re.compile(r"^Library version:   .*$", re.M)
 _INCOMPATIBLE = re.compile(r"^Incompatible libdevmapper .* and kernel driver", re.M)
@@ -194,6 +200,30 @@ class Replayer:
             if got[k] != want[k]:
                 self.diffs.append(f"step {n} `{cmd}`: {k}\n  got:  {got[k]!r}\n"
                                   f"  want: {want[k]!r}")
+
+
+class TableOnlyCrypt(Target):
+    """A stand-in for dm-crypt that only keeps its table (no I/O, empty status): enough for
+    what dmsetup does with crypt tables (hiding keys without --showkeys)."""
+
+    name = "crypt"
+    version = (1, 24, 0)
+
+    def __init__(self, ctx: TargetContext, begin: int, length: int, argv: Sequence[str]) -> None:
+        super().__init__(ctx, begin, length, argv)
+        if len(argv) < 5:
+            raise TargetError("Not enough arguments")
+        try:
+            self.dev = ctx.get_device(argv[3])
+        except OSError as e:
+            raise TargetError("Device lookup failed", e.errno or errno.ENXIO) from None
+        self.args = [*argv[:3], self.dev.name, *argv[4:]]
+
+    def status(self, kind: StatusType, noflush: bool = False) -> str:
+        return ""
+
+    def table(self) -> str:
+        return " ".join(self.args)
 
 
 def elsewhere_control(dev_dir: str) -> bool:
