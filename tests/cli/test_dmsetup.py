@@ -6,6 +6,7 @@ tables use targets that need no backing device so the texts do not depend on the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,41 @@ def test_dm_dev_dir_must_be_absolute(dmsetup: Dmsetup, monkeypatch: pytest.Monke
     monkeypatch.setenv("DM_DEV_DIR", "relative")
     r = dmsetup("ls")
     assert (r.rc, r.out, r.err) == (1, "", "Invalid DM_DEV_DIR environment variable value.\n")
+
+
+def _run_own_backend(*argv: str) -> tuple[int, str, str]:
+    """dmsetup choosing its driver itself (no transport passed in)."""
+    import io
+
+    from devmapper.cli.dmsetup import main
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(list(argv), None, io.StringIO(), out, err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_backend_option_and_env(dmsetup: Dmsetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmapper import __version__
+
+    rc, out, err = _run_own_backend("--backend", "inprocess", "version")
+    assert (rc, out, err) == (0, f"Library version:   {__version__}\n"
+                                 "Driver version:    4.47.0\n", "")
+    assert _run_own_backend("--backend", "inprocess", "ls") == (0, "No devices found\n", "")
+    monkeypatch.setenv("DEVMAPPER_BACKEND", "inprocess")
+    rc, out, err = _run_own_backend("targets")
+    assert (rc, err) == (0, "") and out.endswith("linear           v1.4.0\n"
+                                                 "error            v1.5.0\n")
+    monkeypatch.setenv("DEVMAPPER_BACKEND", "bogus")
+    rc, out, err = _run_own_backend("ls")
+    assert (rc, out) == (1, "")
+    assert err == ("DEVMAPPER_BACKEND must be kernel, engine, inprocess or auto\n"
+                   "Failure to communicate with kernel device-mapper driver.\n"
+                   + ("Check that device-mapper is available in the kernel.\n"
+                      if os.geteuid() == 0 else "")
+                   + f"Incompatible libdevmapper {__version__} and kernel driver "
+                     "(unknown version).\nCommand failed.\n")
+    # The option wins over the environment.
+    assert _run_own_backend("--backend", "inprocess", "ls")[0] == 0
 
 
 # ---------------------------------------------------------------- version, targets

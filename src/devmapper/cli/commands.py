@@ -142,9 +142,8 @@ def create_one_device(st: State, name: str, file: str | None,
     t = st.lib.task("create")
     if t is None:
         return False
-    cookie = 0
-    ok = False
-    try:
+
+    def prepare() -> bool:
         if not t.set_name(name):
             return False
         if uuid is not None and not t.set_uuid(uuid):
@@ -162,14 +161,26 @@ def create_one_device(st: State, name: str, file: str | None,
         if st.sw("notable"):
             st.lib.udev_sync = False
         _set_add_node(st, t)
-        ok_cookie, cookie = t.set_cookie(st.o.udev_cookie, _udev_flags(st))
-        if not ok_cookie or not st.run(t):
+        return True
+
+    return _run_synced(st, t, prepare) and _verbose_info(st, t)
+
+
+def _run_synced(st: State, t: Task, prepare: Callable[[], bool], sync: bool = True) -> bool:
+    """Prepare and run a task; with ``sync``, under a udev cookie, then wait for udev
+    (unless --udevcookie leaves the wait to the caller)."""
+    cookie = 0
+    try:
+        if not prepare():
             return False
-        ok = True
+        if sync:
+            ok_cookie, cookie = t.set_cookie(st.o.udev_cookie, _udev_flags(st))
+            if not ok_cookie:
+                return False
+        return st.run(t)
     finally:
-        if not st.o.udev_cookie:
+        if sync and not st.o.udev_cookie:
             st.lib.udev_wait(cookie)
-    return ok and _verbose_info(st, t)
 
 
 def create(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
@@ -274,9 +285,8 @@ def do_rename(st: State, name: str | None, new_name: str | None,
     t = st.lib.task("rename")
     if t is None:
         return False
-    cookie = 0
-    ok = False
-    try:
+
+    def prepare() -> bool:
         if not st.set_task_device(t, name):
             return False
         if new_uuid is not None:
@@ -285,14 +295,9 @@ def do_rename(st: State, name: str | None, new_name: str | None,
         elif new_name is None or not t.set_newname(new_name):
             return False
         st.common_flags(t)
-        ok_cookie, cookie = t.set_cookie(st.o.udev_cookie, _udev_flags(st))
-        if not ok_cookie or not st.run(t):
-            return False
-        ok = True
-    finally:
-        if not st.o.udev_cookie:
-            st.lib.udev_wait(cookie)
-    return ok
+        return True
+
+    return _run_synced(st, t, prepare)
 
 
 def rename(st: State, args: list[str], listed: Listed | None, multiple: bool) -> bool:
@@ -357,10 +362,8 @@ def simple(st: State, ttype: str, name: str | None, event_nr: int = 0,
     t = st.lib.task(ttype)
     if t is None:
         return False
-    udev_wait = ttype in ("resume", "remove")
-    cookie = 0
-    ok = False
-    try:
+
+    def prepare() -> bool:
         if not st.set_task_device(t, name):
             return False
         if event_nr:
@@ -372,18 +375,13 @@ def simple(st: State, ttype: str, name: str | None, event_nr: int = 0,
             t.skip_lockfs = True
         _set_add_node(st, t)
         _read_ahead(st, t)
-        if udev_wait:
-            ok_cookie, cookie = t.set_cookie(st.o.udev_cookie, _udev_flags(st))
-            if not ok_cookie:
-                return False
         if st.sw("retry") and ttype == "remove":
             t.retry_remove = True
         if st.sw("deferred") and ttype in ("remove", "remove_all"):
             t.deferred_remove = True
-        ok = st.run(t)
-    finally:
-        if not st.o.udev_cookie and udev_wait:
-            st.lib.udev_wait(cookie)
+        return True
+
+    ok = _run_synced(st, t, prepare, sync=ttype in ("resume", "remove"))
     return ok and (not display or _verbose_info(st, t))
 
 
