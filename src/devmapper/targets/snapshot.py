@@ -52,36 +52,38 @@ class SnapshotTarget(Snapshot):
 
     def _make_reader(self) -> tuple[Callable[[int, memoryview], None],
                                     Callable[[tuple | None], None]]:  # type: ignore[type-arg]
-        base = mask = room = 0
+        shift = mask = room = 0
         # While invalid, `complete` is _INVALID, whose membership test fails with EIO: the
         # read path then needs no validity check of its own.
         complete: dict[int, int] | _Invalid = _INVALID
         origin_read: Callable[[int, memoryview], None] = _no_read
         slow = self._read_slow
+        base = self._base
 
         def read(offset: int, buf: memoryview) -> None:
-            pos = base + offset
-            if (pos & mask) + len(buf) <= room:  # within one chunk
-                first = pos >> shift
+            # Within one chunk, and not remapped: from the origin.
+            if (offset & mask) + len(buf) <= room and (first := offset >> shift) \
+                    not in complete:
+                origin_read(offset, buf)
                 if first not in complete:
-                    origin_read(pos, buf)
-                    if first not in complete:
-                        return
-            slow(pos, buf)
+                    return
+            slow(offset, buf)
 
-        shift = 0
+        def read_based(offset: int, buf: memoryview) -> None:
+            read(base + offset, buf)  # the kernel maps by device sector, see core
 
         def update(rd: tuple | None) -> None:  # type: ignore[type-arg]
-            nonlocal base, shift, mask, room, complete, origin_read
+            nonlocal shift, mask, room, complete, origin_read
             if rd is None:
                 complete = _INVALID
                 origin_read = _no_read
             else:
-                base, shift, complete, origin_read = rd
+                _base, shift, complete, origin_read = rd
                 room = 1 << shift
                 mask = room - 1
 
-        return read, update
+        # A table starting at sector 0 (as LVM's do) skips a call and an addition.
+        return (read if not base else read_based), update
 
     def _read_slow(self, pos: int, buf: memoryview) -> None:
         """Remapped chunks, reads spanning chunks, chunks copied out during the read."""

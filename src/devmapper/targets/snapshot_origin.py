@@ -55,7 +55,20 @@ class SnapshotOriginTarget(Target):
         if gate.blocked:
             gate.wait()
         try:
-            do_origin(entry, pos, len(data))
+            n = len(data)
+            snaps = entry.writable
+            if len(snaps) == 1:
+                # do_origin, inline for one snapshot and a write within one of its chunks
+                snap = snaps[0]
+                shift = snap.chunk_byte_shift
+                first = pos >> shift
+                if (pos + n - 1) >> shift == first and pos + n <= snap.table_end:
+                    if first not in snap.complete:
+                        snap.origin_chunk(first)
+                else:
+                    do_origin(entry, pos, n)
+            elif snaps:
+                do_origin(entry, pos, n)
             self._write(pos, data, fua)
         finally:
             inflight.pop()

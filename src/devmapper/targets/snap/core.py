@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
@@ -24,7 +25,7 @@ from devmapper.targets.snap.registry import device_key, path_key, registry_for
 from devmapper.targets.snap.store import StoreError, create_store
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from devmapper.targets.base import TargetContext, Underlying
 
@@ -33,6 +34,21 @@ log = logging.getLogger("devmapper.kernel")
 
 def _eio() -> OSError:
     return OSError(errno.EIO, "I/O error")
+
+
+#: copy_file_range errors that mean "not between these two", not an I/O error.
+_CFR_UNSUPPORTED = frozenset((errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                              errno.EBADF))
+
+
+def _file_fd(dev: object) -> int | None:
+    """The descriptor of a regular file opened as a device (FdDevice), else None: mapped
+    devices are entered through their read/write (their I/O gate), and copy_file_range
+    does not take block devices."""
+    fd = getattr(dev, "fd", None)
+    if not isinstance(fd, int) or getattr(dev, "is_block", True):
+        return None
+    return fd
 
 
 class Waiters:
@@ -49,15 +65,16 @@ class Waiters:
 class Pending:
     """dm_snap_pending_exception: a chunk being copied into the COW."""
 
-    __slots__ = ("old", "new", "seq", "copy_error", "ok", "done", "_waiters")
+    # One is made per first write: no __slots__, so the flags start as class attributes
+    # and construction sets four fields, not seven (half the cost).
+    copy_error = False
+    ok = False
+    done = False
 
     def __init__(self, old: int, new: int, seq: int, waiters: Waiters) -> None:
         self.old = old
         self.new = new
         self.seq = seq
-        self.copy_error = False
-        self.ok = False
-        self.done = False
         self._waiters = waiters
 
     def wait(self) -> None:
@@ -152,7 +169,14 @@ class Snapshot(Target):
         self._waiting = 0  # threads waiting on _drained: only then is it worth notifying
         self._buffers: list[memoryview] = []  # chunk-sized copy buffers, reused
         self._pe_waiters = Waiters()
+        self._committing: list[Pending] = []  # handed to the store, not yet durable
+        self._copy: Callable[[int, int, int], None]
+        self._bind_copy()
         self._base = begin << SECTOR_SHIFT
+        # The origin's size as last seen: a chunk below it is copied whole without asking
+        # the origin its size again. Stale only upwards if the origin shrank under a live
+        # snapshot (LVM refuses that): a copy failing then asks again (_recopy).
+        self._origin_bytes = 0
         self.table_end = (begin + length) << SECTOR_SHIFT
         self._rd: tuple | None = None  # type: ignore[type-arg]
         self._set_geometry()
@@ -215,27 +239,69 @@ class Snapshot(Target):
         cb = self.chunk_bytes
         src = pe.old * cb
         count = min(cb, self.origin.size - src)
-        error = False
-        bufs = self._buffers
         try:
-            buf = bufs.pop()  # list.pop/append are atomic: a lock-free free list
-        except IndexError:
-            buf = memoryview(bytearray(cb))
-        if len(buf) != cb:  # left from before a handover changed the chunk size
-            buf = memoryview(bytearray(cb))
-        try:
-            view = buf[:count] if count != cb else buf
-            self.origin.read(src, view)
-            self.cow.write(pe.new * cb, view)
+            self._copy(src, pe.new * cb, count)
+            error = False
         except OSError:
             error = True
-        finally:
-            if len(buf) == self.chunk_bytes:
-                bufs.append(buf)
         self._copy_done(pe, error)
 
+    def _recopy(self, src: int, dst: int) -> bool:
+        """After a failed copy: if the origin shrank since we last asked its size, copy
+        what is left of the chunk (as the kernel would have). True: still an error."""
+        size = self.origin.size
+        if size == self._origin_bytes or size <= src:
+            return True
+        self._origin_bytes = size
+        try:
+            self._copy(src, dst, min(self.chunk_bytes, size - src))
+        except OSError:
+            return True
+        return False
+
+    def _bind_copy(self) -> None:
+        """Choose how chunks are copied: copy_file_range between two plain files (one
+        syscall, no Python buffer), else a read into a reused buffer and a write."""
+        origin_fd, cow_fd = _file_fd(self.origin), _file_fd(self.cow)
+        origin_read, cow_write = self.origin.read, self.cow.write
+        bufs = self._buffers
+
+        def copy_buffered(src: int, dst: int, count: int) -> None:
+            cb = self.chunk_bytes
+            try:
+                buf = bufs.pop()  # list.pop/append are atomic: a lock-free free list
+                if len(buf) != cb:  # left from before a handover changed the chunk size
+                    buf = memoryview(bytearray(cb))
+            except IndexError:
+                buf = memoryview(bytearray(cb))
+            try:
+                view = buf[:count] if count != cb else buf
+                origin_read(src, view)
+                if cow_fd is None or pwritev(cow_fd, (view,), dst) != count:
+                    cow_write(dst, view)  # a mapped device, or a short write
+            finally:
+                bufs.append(buf)
+
+        def copy_cfr(src: int, dst: int, count: int) -> None:
+            assert origin_fd is not None and cow_fd is not None
+            try:
+                if copy_file_range(origin_fd, cow_fd, count, src, dst) == count:
+                    return
+            except OSError as e:
+                if e.errno not in _CFR_UNSUPPORTED:
+                    raise
+                self._copy = copy_buffered  # e.g. another file system: buffered from now on
+            # A short copy (end of file, or interrupted): the buffered copy redoes it all
+            # and tells a read error from a write error.
+            copy_buffered(src, dst, count)
+
+        pwritev, copy_file_range = os.pwritev, os.copy_file_range
+        both_files = origin_fd is not None and cow_fd is not None
+        self._copy = copy_cfr if both_files else copy_buffered
+
     def _copy_done(self, pe: Pending, error: bool) -> None:
-        """Hand exceptions to the store strictly in allocation order."""
+        """Hand exceptions to the store strictly in allocation order; complete each group
+        the store has made durable (one exception, or all pending ones together)."""
         with self.commit_lock:
             pe.copy_error = error
             if pe.seq != self._complete_seq:
@@ -243,51 +309,111 @@ class Snapshot(Target):
                 return
             self._complete_seq += 1
             commit = self.store.commit_exception
-            commit(pe.old, pe.new, not error, self._pending_complete, pe)
+            group = self._committing
+            group.append(pe)
+            ok = commit(pe.old, pe.new, not error)
+            if ok is not None:
+                self._committing = []
+                self._complete(group, ok)
             ooo = self._out_of_order
             while ooo and self._complete_seq in ooo:
                 nxt = ooo.pop(self._complete_seq)
                 self._complete_seq += 1
-                commit(nxt.old, nxt.new, not nxt.copy_error, self._pending_complete, nxt)
+                group = self._committing
+                group.append(nxt)
+                ok = commit(nxt.old, nxt.new, not nxt.copy_error)
+                if ok is not None:
+                    self._committing = []
+                    self._complete(group, ok)
 
-    def _pending_complete(self, pe: Pending, success: bool) -> None:
-        error = not success
-        if error:
+    def _complete(self, group: list[Pending], success: bool) -> None:
+        """pending_complete for a committed group: reads of these chunks go to the COW from
+        now on, and the origin may be overwritten (readers re-check after an origin read)."""
+        if not success:
             self.invalidate(errno.EIO)
+        complete, pending = self.complete, self.pending
         with self.lock:
-            if not error:
-                if self.valid:
-                    # From now on reads of this chunk go to the COW, and the origin may
-                    # be overwritten (readers re-check this table after an origin read).
-                    self.complete[pe.old] = pe.new
-                else:
-                    error = True
-            del self.pending[pe.old]
-            if self._waiting and not self.pending:
+            ok = success and self.valid
+            for pe in group:
+                if ok:
+                    complete[pe.old] = pe.new
+                del pending[pe.old]
+            if self._waiting and not pending:
                 self._drained.notify_all()
-        pe.finish(not error)
+        for pe in group:
+            pe.finish(ok)
 
     def origin_chunk(self, chunk: int) -> None:
-        """An origin write is about to change ``chunk``: make sure it is copied out first."""
-        with self.lock:
+        """An origin write is about to change ``chunk``: make sure it is copied out first.
+
+        Every first write to the origin comes here, so _insert_pending, _copy_out,
+        _copy_done and _complete are inline for the usual case: one writer, whose
+        exception is the next in order and the only one in flight. Locks are taken with
+        acquire/release, which costs less than `with` here (no __exit__ call).
+        """
+        lock = self.lock
+        lock.acquire()
+        try:
             if not self.valid or not self.active or not self.registered \
                     or chunk in self.complete:
                 return
             pe = self.pending.get(chunk)
-            mine = pe is None
-            if mine:
-                # _insert_pending, inline: this is every first write's path.
-                new = self.store.prepare_exception()
-                if new is not None:
-                    pe = Pending(chunk, new, self._start_seq, self._pe_waiters)
-                    self._start_seq += 1
-                    self.pending[chunk] = pe
+            if pe is not None:  # another writer is copying it: wait for its commit
+                mine = False
+            else:
+                mine = True
+                alloc = self.store.prepare_exception()
+                if alloc is not None:
+                    new = alloc
+                    seq = self._start_seq
+                    pe = self.pending[chunk] = Pending(chunk, new, seq, self._pe_waiters)
+                    self._start_seq = seq + 1
+        finally:
+            lock.release()
         if pe is None:
             self.invalidate(errno.ENOMEM)
             return
-        if mine:
-            self._copy_out(pe)
-        if not pe.done:  # usually done: a lone writer commits its own exception
+        if not mine:
+            pe.wait()
+            return
+        cb = self.chunk_bytes
+        src = chunk * cb
+        try:
+            if src + cb > self._origin_bytes:  # the last chunk, or the origin has grown
+                self._origin_bytes = self.origin.size
+            self._copy(src, new * cb, min(cb, self._origin_bytes - src))
+            error = False
+        except OSError:
+            error = self._recopy(src, new * cb)
+        commit_lock = self.commit_lock
+        commit_lock.acquire()
+        try:
+            fast = not (seq != self._complete_seq or self._committing or self._out_of_order)
+            if fast:
+                self._complete_seq = seq + 1
+                ok = self.store.commit_exception(chunk, new, not error)
+                if ok is None:  # a group commit: the last of the group completes us
+                    self._committing.append(pe)
+                elif ok:
+                    lock.acquire()
+                    try:
+                        if self.valid:
+                            self.complete[chunk] = new
+                        else:
+                            ok = False
+                        del self.pending[chunk]
+                        if self._waiting and not self.pending:
+                            self._drained.notify_all()
+                    finally:
+                        lock.release()
+                    pe.finish(ok)
+                else:
+                    self._complete([pe], False)
+        finally:
+            commit_lock.release()
+        if not fast:
+            self._copy_done(pe, error)
+        if not pe.done:
             pe.wait()
 
     def invalidate(self, err: int) -> None:

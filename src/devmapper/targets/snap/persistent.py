@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from devmapper.targets.base import SECTOR_SHIFT, TargetError
 from devmapper.targets.snap.store import ExceptionStore, StoreError, check_chunk_size
@@ -59,7 +60,6 @@ class PersistentStore(ExceptionStore):
         self.current_committed = 0
         self.exceptions_per_area = 0
         self.area = bytearray()
-        self._callbacks: list[tuple[Callable[[Any, bool], None], Any]] = []
 
     # ---- chunk I/O on the COW device
     def _chunk_io_read(self, chunk: int) -> bytearray:
@@ -178,42 +178,45 @@ class PersistentStore(ExceptionStore):
         self.prepared += 1
         return new
 
-    def commit_exception(self, old: int, new: int, valid: bool,
-                         done: Callable[[Any, bool], None], ctx: Any) -> None:
+    def commit_exception(self, old: int, new: int, valid: bool) -> bool | None:
         if not valid:
             self.valid = 0
-        ENTRY.pack_into(self.area, self.current_committed * ENTRY.size, old, new)
-        self.current_committed += 1
-        self._callbacks.append((done, ctx))
+        i = self.current_committed
+        ENTRY.pack_into(self.area, i << 4, old, new)
+        self.current_committed = i = i + 1
         # Group commit: while other exceptions are in flight and the area has room,
         # the last of them writes the area for everyone.
         self.committed += 1
-        full = self.current_committed == self.exceptions_per_area
+        full = i == self.exceptions_per_area
         if self.committed < self.prepared and not full:
-            return
+            return None
         if full:
             try:
                 self._zero_disk_area(self.current_area + 1)
             except OSError:
                 self.valid = 0
         if self.valid:
-            cow = self.cow
             where = (NUM_SNAPSHOT_HDR_CHUNKS + (self.exceptions_per_area + 1)
                      * self.current_area) * self.chunk_bytes
+            view = memoryview(self.area)
+            fd = self._cow_fd
             try:
                 # REQ_PREFLUSH | REQ_FUA: the copied data is durable before the area is.
-                cow.flush()
-                cow.write(where, memoryview(self.area), True)
+                if fd is not None:
+                    os.fsync(fd)
+                    n = os.pwritev(fd, (view,), where, os.RWF_DSYNC)
+                    if n != len(view):
+                        self._cow.write(where + n, view[n:], True)
+                else:
+                    self._cow.flush()
+                    self._cow.write(where, view, True)
             except OSError:
                 self.valid = 0
         if full:
             self.current_committed = 0
             self.current_area += 1
             self.area = bytearray(self.chunk_bytes)
-        callbacks, self._callbacks = self._callbacks, []
-        ok = bool(self.valid)
-        for cb, ctx in callbacks:
-            cb(ctx, ok)
+        return bool(self.valid)
 
     # ---- merging: newest exceptions first
     def prepare_merge(self) -> tuple[int, int, int]:

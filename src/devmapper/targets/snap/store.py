@@ -8,7 +8,7 @@ sizes are in sectors, as in the kernel; chunk numbers count chunk-sized units of
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from devmapper.targets.base import SECTOR_SHIFT, TargetError, parse_uint
 
@@ -64,6 +64,17 @@ class ExceptionStore:
         self.prepared = 0
         self.committed = 0
 
+    @property
+    def cow(self) -> Underlying:
+        return self._cow
+
+    @cow.setter
+    def cow(self, dev: Underlying) -> None:
+        self._cow = dev
+        # A file or block device's descriptor: commits then make their syscalls directly.
+        fd = getattr(dev, "fd", None)
+        self._cow_fd: int | None = fd if isinstance(fd, int) else None
+
     def set_chunk_size(self, chunk_size: int) -> None:
         self.chunk_size = chunk_size
         self.chunk_shift = max(chunk_size.bit_length() - 1, 0)
@@ -84,12 +95,14 @@ class ExceptionStore:
         """
         raise NotImplementedError
 
-    def commit_exception(self, old: int, new: int, valid: bool,
-                         done: Callable[[Any, bool], None], ctx: Any) -> None:
-        """Record a copied exception; call ``done(ctx, success)`` once it is durable.
+    def commit_exception(self, old: int, new: int, valid: bool) -> bool | None:
+        """Record a copied exception (``valid`` False: its copy failed).
 
-        Calls are serialised by the snapshot's commit lock and come in allocation order,
-        as kcopyd's single callback thread delivers them to the kernel's store.
+        Returns None while the record waits to be written together with later ones (a
+        group commit), else whether every exception recorded since the last such answer
+        is now durable. Calls are serialised by the snapshot's commit lock and come in
+        allocation order, as kcopyd's single callback thread delivers them to the kernel's
+        store.
         """
         raise NotImplementedError
 

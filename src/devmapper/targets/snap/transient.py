@@ -6,7 +6,7 @@ so a transient snapshot does not survive its table. It cannot be merged.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from devmapper.targets.snap.store import ExceptionStore
 
@@ -33,9 +33,8 @@ class TransientStore(ExceptionStore):
         self.next_free += self.chunk_size
         return new
 
-    def commit_exception(self, old: int, new: int, valid: bool,
-                         done: Callable[[Any, bool], None], ctx: Any) -> None:
-        done(ctx, valid)
+    def commit_exception(self, old: int, new: int, valid: bool) -> bool | None:
+        return valid
 
     def usage(self) -> tuple[int, int, int]:
         return self.cow_sectors(), self.next_free, 0
