@@ -119,40 +119,38 @@ class ReportObj:
         assert self.i is not None
         return self.i
 
-    # name_ fields
+    # name_ fields: (text, sort value), the same string
     def name(self) -> tuple[str, Any]:
         n = self._task().name()
         return n, n
 
-    def _mangled(self, s: str, what: str) -> str:
+    def _mangled(self, s: str, what: str) -> tuple[str, Any]:
         m = mangle.mangle(s, what, self.st.lib.mangling, self.st.ctx.log_error)
-        return s if m is None else m
+        v = s if m is None else m
+        return v, v
 
-    def _unmangled(self, s: str, what: str) -> str:
-        if self.st.lib.mangling != mangle.NONE:
-            return s
-        u = mangle.unmangle(s, what, mangle.NONE, self.st.ctx.log_error)
-        return s if u is None else u
+    def _unmangled(self, s: str, what: str) -> tuple[str, Any]:
+        u = None
+        if self.st.lib.mangling == mangle.NONE:
+            u = mangle.unmangle(s, what, mangle.NONE, self.st.ctx.log_error)
+        v = s if u is None else u
+        return v, v
 
     def mangled_name(self) -> tuple[str, Any]:
-        v = self._mangled(self._task().name(), "name")
-        return v, v
+        return self._mangled(self._task().name(), "name")
 
     def unmangled_name(self) -> tuple[str, Any]:
-        v = self._unmangled(self._task().name(), "name")
-        return v, v
+        return self._unmangled(self._task().name(), "name")
 
     def uuid(self) -> tuple[str, Any]:
         v = self._task().get_uuid()
         return v, v
 
     def mangled_uuid(self) -> tuple[str, Any]:
-        v = self._mangled(self._task().get_uuid(), "UUID")
-        return v, v
+        return self._mangled(self._task().get_uuid(), "UUID")
 
     def unmangled_uuid(self) -> tuple[str, Any]:
-        v = self._unmangled(self._task().get_uuid(), "UUID")
-        return v, v
+        return self._unmangled(self._task().get_uuid(), "UUID")
 
     def read_ahead(self) -> tuple[str, Any]:
         v = self._task().read_ahead_value() or 0
