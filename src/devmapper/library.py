@@ -181,11 +181,13 @@ class DeviceMapper:
     # ---- the raw command
     def command(self, cmd: Cmd, name: str = "", uuid: str = "", dev: int = 0, flags: int = 0,
                 payload: bytes = b"", event_nr: int = 0, target_count: int = 0,
-                size: int = 0) -> Reply:
-        """Send one command; on BUFFER_FULL retry with a bigger buffer."""
+                size: int = 0, version: tuple[int, int, int] | None = None) -> Reply:
+        """Send one command; on BUFFER_FULL retry with a bigger buffer. ``version`` is the
+        interface version asked for (default: the oldest that has the command); the reply's
+        is ``Reply.version``."""
         size = max(size or self._size_hint.get(cmd, INITIAL_BUFFER),
                    DM_IOCTL_SIZE + len(payload))
-        version = uapi.CMD_MIN_VERSION.get(cmd, (4, 0, 0))
+        version = version or uapi.CMD_MIN_VERSION.get(cmd, (4, 0, 0))
         while True:
             hdr = DmIoctl(version=version, flags=flags, name=name, uuid=uuid, dev=dev,
                           event_nr=event_nr, target_count=target_count)

@@ -233,3 +233,29 @@ def test_auto_backend_ignores_dm_dev_dir(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(FileNotFoundError):
         backend.default_transport()
     assert opened == [kernel.DEFAULT_CONTROL] * 2 + [str(tmp_path / "mapper" / "control")]
+
+
+def test_dmsetup_asks_libdm_interface_versions() -> None:
+    """Each command carries the version libdm's _cmd_data_v4 gives it."""
+    import io
+    import struct
+
+    from devmapper.cli.dmsetup import main
+    from devmapper.control.engine import EngineTransport
+    from devmapper.uapi import Cmd
+
+    sent: list[tuple[int, tuple[int, ...]]] = []
+
+    class Recording(EngineTransport):
+        def ioctl(self, cmd: int, buf: bytearray) -> None:
+            sent.append((cmd, struct.unpack_from("=3I", buf)))
+            super().ioctl(cmd, buf)
+
+    t = Recording()
+    for argv in (["targets"], ["target-version", "zero"], ["create", "a", "--table", "0 8 zero"],
+                 ["message", "a", "0", "x"], ["setgeometry", "a", "1", "1", "1", "0"]):
+        main(argv, t, io.StringIO(), io.StringIO(), io.StringIO())
+    got = dict(sent)
+    assert got[Cmd.LIST_VERSIONS] == (4, 1, 0) and got[Cmd.GET_TARGET_VERSION] == (4, 41, 0)
+    assert got[Cmd.TARGET_MSG] == (4, 2, 0) and got[Cmd.DEV_SET_GEOMETRY] == (4, 6, 0)
+    assert got[Cmd.DEV_CREATE] == got[Cmd.TABLE_LOAD] == got[Cmd.VERSION] == (4, 0, 0)

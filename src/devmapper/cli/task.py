@@ -431,7 +431,8 @@ class Task:
         self._debug_line(name, uuid, size, attempt)
         try:
             reply = lib.dm.command(cmd, name, uuid, dev, flags, payload, event_nr,
-                                   len(self.targets) if self.type == "reload" else 0, size)
+                                   len(self.targets) if self.type == "reload" else 0, size,
+                                   (uapi.DM_VERSION_MAJOR, vminor, 0))
         except DMError as e:
             self.ioctl_errno = e.errno or errno.EIO
             if self.ioctl_errno == errno.ENXIO and self.type in ("info", "mknodes", "status"):
