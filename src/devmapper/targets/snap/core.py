@@ -14,6 +14,7 @@ start), so chunk numbers and origin offsets count from the start of the mapped d
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -39,6 +40,23 @@ def _eio() -> OSError:
 #: copy_file_range errors that mean "not between these two", not an I/O error.
 _CFR_UNSUPPORTED = frozenset((errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                               errno.EBADF))
+
+
+# File systems whose copy_file_range copies (does not share extents): a reflinked chunk
+# would make the next origin write relocate that block, fragmenting the origin file.
+_COPYING_FS = frozenset((0xEF53, 0x01021994))  # ext2/3/4, tmpfs
+_libc: ctypes.CDLL | None = None
+
+
+def _fs_type(fd: int) -> int | None:
+    """fstatfs(fd).f_type (Python has no os.fstatfs), None if it fails."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first word
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value)
 
 
 def _file_fd(dev: object) -> int | None:
@@ -260,8 +278,9 @@ class Snapshot(Target):
         return False
 
     def _bind_copy(self) -> None:
-        """Choose how chunks are copied: copy_file_range between two plain files (one
-        syscall, no Python buffer), else a read into a reused buffer and a write."""
+        """Choose how chunks are copied: copy_file_range between two plain files on a file
+        system where it copies (one syscall, no Python buffer), else a read into a reused
+        buffer and a write."""
         origin_fd, cow_fd = _file_fd(self.origin), _file_fd(self.cow)
         origin_read, cow_write = self.origin.read, self.cow.write
         bufs = self._buffers
@@ -296,7 +315,8 @@ class Snapshot(Target):
             copy_buffered(src, dst, count)
 
         pwritev, copy_file_range = os.pwritev, os.copy_file_range
-        both_files = origin_fd is not None and cow_fd is not None
+        both_files = origin_fd is not None and cow_fd is not None \
+            and _fs_type(origin_fd) in _COPYING_FS and _fs_type(cow_fd) in _COPYING_FS
         self._copy = copy_cfr if both_files else copy_buffered
 
     def _copy_done(self, pe: Pending, error: bool) -> None:
@@ -406,7 +426,11 @@ class Snapshot(Target):
                             self._drained.notify_all()
                     finally:
                         lock.release()
-                    pe.finish(ok)
+                    # pe.finish(ok), inline
+                    pe.ok = ok
+                    pe.done = True
+                    if self._pe_waiters.count:
+                        pe.finish(ok)
                 else:
                     self._complete([pe], False)
         finally:

@@ -168,7 +168,7 @@ class PersistentStore(ExceptionStore):
     # ---- new exceptions
     def prepare_exception(self) -> int | None:
         new = self.next_free
-        if self.cow.size >> SECTOR_SHIFT < (new + 1) * self.chunk_size:
+        if self._cow.size >> SECTOR_SHIFT < (new + 1) * self.chunk_size:
             return None
         # The next free chunk, stepping over the metadata area that follows a full one.
         nxt = new + 1

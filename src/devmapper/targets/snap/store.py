@@ -81,7 +81,7 @@ class ExceptionStore:
         self.chunk_bytes = chunk_size << SECTOR_SHIFT
 
     def cow_sectors(self) -> int:
-        return self.cow.size >> SECTOR_SHIFT
+        return self._cow.size >> SECTOR_SHIFT
 
     # ---- the type's operations
     def read_metadata(self, add: Callable[[int, int], None]) -> int:
