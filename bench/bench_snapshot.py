@@ -14,11 +14,13 @@ Also shown, for context: P8 with the transient store, and with 4 writer threads 
 persistent store commits exceptions in groups).
 
 Images live on tmpfs (/dev/shm) by default, so the numbers measure the engine rather than
-the disk's flush latency; --dir puts them elsewhere. Timing is by short batches with the
-configurations interleaved, best batch of each, so a busy machine skews both sides of a
-ratio alike; CPU time (user + system of this process) is shown beside the wall clock.
+the disk's flush latency; --dir puts them elsewhere. The COW is the image file itself;
+--cow-lv puts it on a linear device over the image, as LVM does. Writes are timed in short
+batches, the best batch of each layout, all configurations once per round; reads in
+interleaved rounds. Each ratio is the median over rounds of that round's ratio, so a busy
+machine skews both sides alike; CPU time (user + system of this process) is shown beside.
 
-Run: python bench/bench_snapshot.py [--dir DIR] [--rounds N] [--read-rounds N]
+Run: python bench/bench_snapshot.py [--dir DIR] [--cow-lv] [--rounds N] [--read-rounds N]
 """
 
 from __future__ import annotations
