@@ -53,6 +53,14 @@ def test_suspended_device_blocks_only_itself(exposer, file_backend):
         codes = [p.wait(30) for p in readers]
     assert codes == [0, 0, 0]
 
+    # The workers started for the held requests are spares now: they end as traffic goes on.
+    assert exposer.server.threads >= 2
+    deadline = time.monotonic() + 30
+    while exposer.server.threads > 1 and time.monotonic() < deadline:
+        run("dd", f"if={node}", "of=/dev/null", "bs=4k", "count=8", "iflag=direct", timeout=30)
+        time.sleep(0.05)
+    assert exposer.server.threads == 1
+
 
 def test_freeze_blocks_writers_until_thaw(exposer, file_backend, dirs):
     exposer.attach("fz", file_backend("fz", 32 * MiB))
