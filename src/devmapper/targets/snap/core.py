@@ -258,6 +258,8 @@ class Snapshot(Target):
         src = pe.old * cb
         count = min(cb, self.origin.size - src)
         try:
+            if count <= 0:
+                raise _eio()  # past the origin's end: the kernel's copy fails there too
             self._copy(src, pe.new * cb, count)
             error = False
         except OSError:
@@ -351,8 +353,8 @@ class Snapshot(Target):
         now on, and the origin may be overwritten (readers re-check after an origin read)."""
         if not success:
             self.invalidate(errno.EIO)
-        complete, pending = self.complete, self.pending
         with self.lock:
+            complete, pending = self.complete, self.pending  # (a handover swaps tables)
             ok = success and self.valid
             for pe in group:
                 if ok:
@@ -401,7 +403,10 @@ class Snapshot(Target):
         try:
             if src + cb > self._origin_bytes:  # the last chunk, or the origin has grown
                 self._origin_bytes = self.origin.size
-            self._copy(src, new * cb, min(cb, self._origin_bytes - src))
+            count = self._origin_bytes - src
+            if count <= 0:
+                raise _eio()  # past the origin's end: the kernel's copy fails there too
+            self._copy(src, new * cb, cb if count > cb else count)
             error = False
         except OSError:
             error = self._recopy(src, new * cb)

@@ -182,7 +182,7 @@ class PersistentStore(ExceptionStore):
         if not valid:
             self.valid = 0
         i = self.current_committed
-        ENTRY.pack_into(self.area, i << 4, old, new)
+        ENTRY.pack_into(self.area, i * ENTRY.size, old, new)
         self.current_committed = i = i + 1
         # Group commit: while other exceptions are in flight and the area has room,
         # the last of them writes the area for everyone.
