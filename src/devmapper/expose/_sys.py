@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -43,6 +44,20 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def unmount_or_detach(target: str) -> bool:
+    """Unmount target; if it is busy (a loop device still holds a file) detach it lazily and
+    answer False. Not mounted any more (EINVAL) counts as unmounted."""
+    try:
+        umount(target)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            umount(target, MNT_DETACH)
+            return False
+        if e.errno != errno.EINVAL:
+            raise
+    return True
 
 
 def set_io_flusher() -> bool:

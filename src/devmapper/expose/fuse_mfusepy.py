@@ -98,7 +98,7 @@ class _Ops:
         return 0
 
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        self.server.volume(fi.fh).backend.flush()
+        self.server.volumes.live(fi.fh).backend.flush()
         return 0
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
@@ -107,7 +107,7 @@ class _Ops:
         return 0
 
     def fallocate(self, path: str, mode: int, offset: int, size: int, fi: Any) -> int:
-        vol = self.server.volume(fi.fh)
+        vol = self.server.volumes.live(fi.fh)
         if not vol.writable:
             raise OSError(errno.EROFS, "read-only device")
         if mode == _FALLOC_PUNCH_HOLE | _FALLOC_KEEP_SIZE:
@@ -133,14 +133,14 @@ def _fuse_class() -> Any:
         """mfusepy copies every buffer into bytes; hand the backend libfuse's own memory."""
 
         def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-            vol = self.operations.server.volume(fip.contents.fh)
+            vol = self.operations.server.volumes.live(fip.contents.fh)
             size = max(0, min(size, vol.backend.size - offset))
             view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
             vol.backend.read(offset, view.cast("B"))
             return size
 
         def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
-            vol = self.operations.server.volume(fip.contents.fh)
+            vol = self.operations.server.volumes.live(fip.contents.fh)
             if not vol.writable:
                 raise OSError(errno.EROFS, "read-only device")
             view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
@@ -174,12 +174,6 @@ class MfusepyServer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def volume(self, ino: int) -> Volume:
-        vol = self.volumes.by_ino.get(ino)
-        if vol is None:
-            raise OSError(errno.EIO, "device detached")
-        return vol
-
     def start(self, timeout: float = 10.0) -> None:
         fuse_cls = _fuse_class()
         self._thread = threading.Thread(target=self._run, args=(fuse_cls,), daemon=True)
@@ -209,15 +203,7 @@ class MfusepyServer:
             log.exception("libfuse loop ended")
 
     def stop(self, timeout: float = 5.0) -> bool:
-        clean = True
-        try:
-            _sys.umount(self.mount_dir)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                _sys.umount(self.mount_dir, _sys.MNT_DETACH)
-                clean = False
-            elif e.errno != errno.EINVAL:
-                raise
+        clean = _sys.unmount_or_detach(self.mount_dir)
         if clean and self._thread is not None:
             self._thread.join(timeout)
         return clean

@@ -8,10 +8,10 @@ worker, 15,000 with the 33 a spawn-when-none-waits rule started). So a monitor t
 adds a worker only when every worker has spent a whole tick (2 ms) on one request: they are
 blocked (a flush, slow storage, a suspended device), not computing. A suspended device thus
 holds only its own requests' threads, never the others', and spare workers end after a
-second with two or more waiting, each at its next request. Like a loop device over a buffered file, one worker serves
-cache hits one at a time; the kernel keeps the rest queued. The kernel side is sized to match
-(max_background), so its queue of asynchronous direct I/O never fills up with one device's
-requests either.
+second with two or more waiting, each at its next request. Like a loop device over a
+buffered file, one worker serves cache hits one at a time; the kernel keeps the rest queued.
+The kernel side is sized to match (max_background), so its queue of asynchronous direct I/O
+never fills up with one device's requests either.
 
 Zero copy: the request is read into two iovecs, the first exactly header + fuse_write_in,
 so a WRITE's payload lands page-aligned in the second and the backend writes from it; a
@@ -126,15 +126,7 @@ class RawFuseServer:
         """Unmount and let the workers drain. False if the mount had to be detached lazily
         because a loop device still holds a file (its workers go on serving until then)."""
         self._stopping = True
-        clean = True
-        try:
-            _sys.umount(self.mount_dir)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                _sys.umount(self.mount_dir, _sys.MNT_DETACH)
-                clean = False
-            elif e.errno != errno.EINVAL:  # EINVAL: not mounted any more
-                raise
+        clean = _sys.unmount_or_detach(self.mount_dir)
         if clean:
             self._all_gone.wait(timeout)  # workers blocked in a backend call may stay
             if self._fd >= 0:
@@ -316,15 +308,9 @@ class RawFuseServer:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def _volume(self, nodeid: int) -> Volume:
-        vol = self.volumes.by_ino.get(nodeid)
-        if vol is None:
-            raise OSError(errno.EIO, "device detached")
-        return vol
-
     def _read(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
         _, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(head, abi.IN_HEADER.size)
-        backend = self._volume(nodeid).backend
+        backend = self.volumes.live(nodeid).backend
         size = max(0, min(size, backend.size - offset))  # short read = EOF
         out = dmv[:size]
         backend.read(offset, out)
@@ -336,7 +322,7 @@ class RawFuseServer:
 
     def _write(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
         _, offset, size, _, _, flags, _ = abi.WRITE_IN.unpack_from(head, abi.IN_HEADER.size)
-        vol = self._volume(nodeid)
+        vol = self.volumes.live(nodeid)
         if not vol.writable:
             raise OSError(errno.EROFS, "read-only device")
         vol.backend.write(offset, dmv[:size], bool(flags & _SYNC_FLAGS))
@@ -408,12 +394,12 @@ class RawFuseServer:
         return b""
 
     def _op_fsync(self, nodeid: int, payload: bytes) -> bytes:
-        self._volume(nodeid).backend.flush()
+        self.volumes.live(nodeid).backend.flush()
         return b""
 
     def _op_fallocate(self, nodeid: int, payload: bytes) -> bytes:
         _, offset, length, mode, _ = abi.FALLOCATE_IN.unpack_from(payload)
-        vol = self._volume(nodeid)
+        vol = self.volumes.live(nodeid)
         if not vol.writable:
             raise OSError(errno.EROFS, "read-only device")
         if mode == _FALLOC_PUNCH_HOLE | _FALLOC_KEEP_SIZE:  # loop's REQ_OP_DISCARD

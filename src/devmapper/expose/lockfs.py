@@ -35,27 +35,22 @@ def freeze(dev: tuple[int, int]) -> str | None:
 
     A filesystem that cannot freeze (EOPNOTSUPP) is left alone, as dm does.
     """
-    mount = _one_mount_per_fs(dev)
-    if mount is None:
-        return None
-    try:
-        _ioctl_dir(mount.mount_point, FIFREEZE)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
-            return None
-        raise
-    return mount.mount_point
+    return _fs_ioctl(dev, FIFREEZE)
 
 
 def thaw(dev: tuple[int, int]) -> str | None:
     """Thaw the filesystem on dev; not frozen (EINVAL) counts as done."""
+    return _fs_ioctl(dev, FITHAW)
+
+
+def _fs_ioctl(dev: tuple[int, int], request: int) -> str | None:
     mount = _one_mount_per_fs(dev)
     if mount is None:
         return None
     try:
-        _ioctl_dir(mount.mount_point, FITHAW)
+        _ioctl_dir(mount.mount_point, request)
     except OSError as e:
-        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTTY):
+        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
             return None
         raise
     return mount.mount_point

@@ -76,6 +76,13 @@ class Volumes:
         except KeyError:
             raise OSError(errno.ENXIO, f"{name} is not exposed") from None
 
+    def live(self, ino: int) -> Volume:
+        """The volume behind an open file; EIO once its device is detached."""
+        vol = self.by_ino.get(ino)
+        if vol is None:
+            raise OSError(errno.EIO, "device detached")
+        return vol
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self.by_name)
