@@ -2,7 +2,9 @@
 
 P1: 1 MiB sequential reads through a linear device / os.preadv on the same file.
 P2: 4 KiB random reads through a linear device / os.pread on the same file.
-P7: 4 KiB random reads on a 100,000-target table / on a 1-target table.
+P7: 4 KiB random reads on a 100,000-target table / on a 1-target table (same file).
+P2 and P7 run their loops in turn for several rounds and report medians of per-round ratios,
+in CPU time and wall time (the machine is shared: CPU time is the steadier).
 P10: devices created+loaded+resumed per second (10,000), and LIST_DEVICES time for them.
 
 Run: python bench/bench_core.py
@@ -12,16 +14,22 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from devmapper.control.engine import EngineTransport
 from devmapper.engine.core import Engine
 from devmapper.library import DeviceMapper
 from devmapper.uapi import TargetSpec
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 FILE_SIZE = 256 << 20
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
 
 def best_of(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
@@ -49,18 +57,45 @@ def seq_reads(path: str, dm: DeviceMapper) -> tuple[float, float]:
         for i in range(n):
             read(i << 20, buf)
 
-    raw(), mapped()  # warm the page cache and the code paths alike
+    raw()  # warm the page cache and the code paths alike
+    mapped()
     t_raw, t_dev = best_of(raw), best_of(mapped)
     dev.close()
     os.close(fd)
     return FILE_SIZE / t_raw, FILE_SIZE / t_dev
 
 
-def random_reads(path: str, dm: DeviceMapper, name: str, count: int = 200_000
-                 ) -> tuple[float, float]:
+def interleaved(fns: dict[str, Callable[[], None]], rounds: int
+                ) -> dict[str, list[tuple[float, float]]]:
+    """(CPU, wall) seconds of each function per round, the functions taking turns, so that
+    load from other processes hits them alike. CPU time excludes time spent descheduled."""
+    for fn in fns.values():
+        fn()  # warm the page cache and the code paths alike
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            out[name].append((time.process_time() - c0, time.perf_counter() - w0))
+    return out
+
+
+def ratio_line(times: dict[str, list[tuple[float, float]]], num: str, den: str) -> str:
+    """Median and range of per-round time ratios num/den (> 1: den is faster), CPU and wall."""
+    parts = []
+    for k, label in ((0, "CPU"), (1, "wall")):
+        r = [a[k] / b[k] for a, b in zip(times[num], times[den], strict=True)]
+        parts.append(f"{label} {statistics.median(r):.3f} ({min(r):.2f}-{max(r):.2f})")
+    return ", ".join(parts)
+
+
+def random_read_loops(path: str, dm: DeviceMapper, names: list[str], count: int = 100_000
+                      ) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
+    """4 KiB random reads: one loop per device in ``names`` and one of os.pread on ``path``,
+    all over the same offsets. Returns the loops and a function closing what they use."""
     fd = os.open(path, os.O_RDONLY)
     rnd = random.Random(1)
-    size = sum(s.length for s in dm.table(name)) << 9
+    size = sum(s.length for s in dm.table(names[0])) << 9
     offsets = [rnd.randrange(size >> 12) << 12 for _ in range(count)]
     buf = memoryview(bytearray(4096))
 
@@ -69,24 +104,34 @@ def random_reads(path: str, dm: DeviceMapper, name: str, count: int = 200_000
         for off in offsets:
             pread(fd, 4096, off)
 
-    dev = dm.open(name)
-    read = dev.read_into
+    def loop(read: Callable[[int, memoryview], None]) -> Callable[[], None]:
+        def mapped() -> None:
+            for off in offsets:
+                read(off, buf)
+        return mapped
 
-    def mapped() -> None:
-        for off in offsets:
-            read(off, buf)
+    devs = [dm.open(name) for name in names]
+    loops = {"pread": raw} | {name: loop(dev.read_into) for name, dev in zip(names, devs,
+                                                                               strict=True)}
 
-    t_raw, t_dev = best_of(raw, 3), best_of(mapped, 3)
-    dev.close()
-    os.close(fd)
-    return count / t_raw, count / t_dev
+    def close() -> None:
+        for dev in devs:
+            dev.close()
+        os.close(fd)
+
+    return loops, close
 
 
-def many_targets(path: str, dm: DeviceMapper, n: int, total_sectors: int) -> None:
-    # 4 KiB-aligned targets, so that a 4 KiB read never straddles two of them.
+def many_targets(path: str, dm: DeviceMapper, name: str, n: int, total_sectors: int,
+                 shuffle: bool) -> None:
+    # 4 KiB-aligned targets, so that a 4 KiB read never straddles two of them. Shuffled, no
+    # two targets are contiguous on the file (a fragmented volume): nothing merges.
     per = total_sectors // n
-    specs = [TargetSpec(i * per, per, "linear", f"{path} {i * per}") for i in range(n)]
-    dm.create(f"t{n}", specs)
+    order = list(range(n))
+    if shuffle:
+        random.Random(7).shuffle(order)
+    specs = [TargetSpec(i * per, per, "linear", f"{path} {order[i] * per}") for i in range(n)]
+    dm.create(name, specs)
 
 
 def main() -> None:
@@ -100,18 +145,30 @@ def main() -> None:
         raw, dev = seq_reads(path, dm)
         print(f"P1 seq 1MiB reads: preadv {raw / 2**20:.0f} MiB/s, device {dev / 2**20:.0f} "
               f"MiB/s, ratio {dev / raw:.3f} (goal >= 0.95)")
-        raw, dev = random_reads(path, dm, "lin")
-        print(f"P2 rand 4KiB reads: pread {raw:.0f}/s, device {dev:.0f}/s, ratio "
-              f"{dev / raw:.3f} (goal >= 0.6)")
-        sparse = os.path.join(d, "sparse.img")
-        with open(sparse, "wb") as f:
+        loops, close = random_read_loops(path, dm, ["lin"])
+        times = interleaved(loops, ROUNDS)
+        close()
+        print(f"P2 rand 4KiB reads, device / pread, median of {ROUNDS} rounds: "
+              f"{ratio_line(times, 'pread', 'lin')} (goal >= 0.6)")
+        # 100,000 x 4 KiB of data (not a sparse file, whose holes read from one cache-hot
+        # zero page): every read copies a page of its own, as on a real volume.
+        os.unlink(path)
+        many = os.path.join(d, "many.img")
+        with open(many, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(-(-100_000 * 4096 >> 20)):
+                f.write(chunk)
             f.truncate(100_000 * 4096)
-        many_targets(sparse, dm, 1, 100_000 * 8)
-        many_targets(sparse, dm, 100_000, 100_000 * 8)
-        _, one = random_reads(sparse, dm, "t1")
-        _, many = random_reads(sparse, dm, "t100000")
-        print(f"P7 rand 4KiB reads: 1 target {one:.0f}/s, 100,000 targets {many:.0f}/s, "
-              f"ratio {many / one:.3f} (goal >= 0.9)")
+        many_targets(many, dm, "t1", 1, 100_000 * 8, False)
+        many_targets(many, dm, "tshuf", 100_000, 100_000 * 8, True)
+        many_targets(many, dm, "tseq", 100_000, 100_000 * 8, False)
+        loops, close = random_read_loops(many, dm, ["t1", "tshuf", "tseq"])
+        times = interleaved(loops, ROUNDS)
+        close()
+        print(f"P7 rand 4KiB reads, 100,000 shuffled targets / 1 target, median of {ROUNDS} "
+              f"rounds: {ratio_line(times, 't1', 'tshuf')} (goal >= 0.9)")
+        print(f"   (100,000 targets contiguous on the file, merged by the I/O map: "
+              f"{ratio_line(times, 't1', 'tseq')})")
         dm.remove_all()
         dm.close()
 

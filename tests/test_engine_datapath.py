@@ -169,3 +169,116 @@ def test_zero_target_reads_zeros(dm: DeviceMapper) -> None:
     with dm.open("z") as dev:
         dev.write(0, memoryview(b"x" * 512))
         assert dev.read(0, 51200) == bytes(51200)
+
+
+@st.composite
+def linear_runs(draw: st.DrawFn) -> list[tuple[str, int, int, int]]:
+    """Many small targets: (kind, sectors, file index, file sector). Linear targets often
+    continue the previous one on the same file (the I/O map merges those) or jump."""
+    segs: list[tuple[str, int, int, int]] = []
+    for _ in range(draw(st.integers(1, 40))):
+        length = draw(st.sampled_from([1, 3, 8, 16, 24]))
+        kind = draw(st.sampled_from(["linear", "linear", "linear", "zero", "error"]))
+        prev = segs[-1] if segs else None
+        if kind == "linear" and prev and prev[0] == "linear" and draw(st.booleans()):
+            segs.append((kind, length, prev[2], prev[3] + prev[1]))  # contiguous
+        else:
+            segs.append((kind, length, draw(st.integers(0, 1)), draw(st.integers(0, 2000))))
+    return segs
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(segs=linear_runs(), ios=st.lists(st.tuples(st.integers(0, 1 << 20),
+                                                  st.integers(0, 20000), st.booleans()),
+                                        min_size=1, max_size=16))
+def test_io_map_matches_model(tmp_path: Path, segs: list[tuple[str, int, int, int]],
+                              ios: list[tuple[int, int, bool]]) -> None:
+    """The device's direct-mapped fast path agrees with a per-byte model: merged runs,
+    buckets shared by targets, requests spanning targets, errors and zeros."""
+    files = [tmp_path / "f0", tmp_path / "f1"]
+    for f in files:
+        f.write_bytes(os.urandom(1 << 20) + os.urandom(1 << 20)[:2100 * SECTOR - (1 << 20)])
+    dm = DeviceMapper(EngineTransport(Engine()))
+    lines, start, model = [], 0, []
+    for kind, length, fi, fsec in segs:
+        lines.append(f"{start} {length} {kind}" + (f" {files[fi]} {fsec}" if kind == "linear"
+                                                     else ""))
+        model.append((start * SECTOR, (start + length) * SECTOR, kind, fi, fsec * SECTOR))
+        start += length
+    size = start * SECTOR
+    try:
+        dm.create("t", "\n".join(lines))
+        with dm.open("t") as dev:
+            for n, (raw_off, raw_len, write) in enumerate(ios):
+                off = raw_off % size
+                length = min(raw_len, size - off)
+                touched = [m for m in model if m[0] < off + length and off < m[1]]
+                fails = any(m[2] == "error" for m in touched)
+                data = bytes([n + 1]) * length
+                if write:
+                    if fails:
+                        with pytest.raises(OSError):
+                            dev.write(off, memoryview(data))
+                        continue
+                    dev.write(off, memoryview(data))
+                back = bytearray(length)
+                if fails:
+                    with pytest.raises(OSError) as e:
+                        dev.read_into(off, memoryview(back))
+                    assert e.value.errno == errno.EIO
+                    continue
+                dev.read_into(off, memoryview(back))
+                expected = bytearray()
+                for m_start, m_end, kind, fi, fbase in touched:
+                    lo, hi = max(off, m_start), min(off + length, m_end)
+                    if kind == "zero":
+                        expected += bytes(hi - lo)
+                    else:
+                        expected += read_file(str(files[fi]), fbase + lo - m_start, hi - lo)
+                assert bytes(back) == bytes(expected)
+                if write:
+                    assert all(m[2] == "zero" or b == n + 1 for m in touched
+                               for b in back[max(off, m[0]) - off:min(off + length, m[1]) - off])
+            for off, length in ((-512, 512), (size, 1), (size - 1, 2), (1 << 62, 512)):
+                with pytest.raises(OSError) as e:
+                    dev.read_into(off, memoryview(bytearray(length)))
+                assert e.value.errno == errno.EIO
+            if segs[-1][0] != "error":  # an empty read at the end goes to the last target
+                dev.read_into(size, memoryview(bytearray(0)))
+    finally:
+        dm.remove_all()
+        dm.close()
+
+
+def test_short_read_of_a_shrunk_file_is_eio(dm: DeviceMapper, backing: Callable[..., str]
+                                            ) -> None:
+    f = backing(1 << 20, fill=b"\x5a")
+    dm.create("a", f"0 2048 linear {f} 0")
+    os.truncate(f, 4096)
+    with dm.open("a") as dev:
+        assert dev.read(0, 4096) == b"\x5a" * 4096
+        with pytest.raises(OSError) as e:
+            dev.read_into(2048, memoryview(bytearray(4096)))  # fast path reads 2048 bytes
+        assert e.value.errno == errno.EIO
+
+
+def test_large_table_io_map(dm: DeviceMapper, backing: Callable[..., str]) -> None:
+    """10,000 targets in a shuffled layout: every 4 KiB block lands where its target says."""
+    import random
+
+    n = 10_000
+    f = backing(n * 4096)
+    order = list(range(n))
+    random.Random(3).shuffle(order)
+    dm.create("big", "\n".join(f"{i * 8} 8 linear {f} {order[i] * 8}" for i in range(n)))
+    with dm.open("big") as dev:
+        for i in range(0, n, 7):
+            dev.write(i * 4096, memoryview(i.to_bytes(4, "little") * 1024))
+        for i in range(0, n, 7):
+            assert read_file(f, order[i] * 4096, 4) == i.to_bytes(4, "little")
+        # A request across two targets splits at the boundary.
+        back = bytearray(4096)
+        dev.read_into(7 * 4096 + 2048, memoryview(back))
+        assert back[:2048] == read_file(f, order[7] * 4096 + 2048, 2048)
+        assert back[2048:] == read_file(f, order[8] * 4096, 2048)

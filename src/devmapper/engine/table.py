@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from array import array
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("devmapper.kernel")
 _FANOUT = 64
+
+#: Most distinct descriptors one table's I/O map can name (the low bits of a code).
+_FD_BITS = 9
+_FD_MASK = (1 << _FD_BITS) - 1
+_MAX_OFF = (1 << 63) - 1
 
 
 class TableError(Exception):
@@ -45,6 +51,10 @@ class Table:
         self._devices: dict[int, Underlying] = {}  # id(dev) -> dev, in first-use order
         self._singleton = False
         self._single: Target | None = None
+        # The I/O map (see _build_io_map); until complete, everything takes read/write.
+        self.io_map = array("q", (-1, 0))
+        self.io_shift = 63
+        self.io_fds: list[int] = []
 
     # ---- TargetContext
     @property
@@ -113,6 +123,48 @@ class Table:
         # A two-level index, like the kernel's btree over its array of ends: a small list
         # (every 64th start, cache-hot) narrows the search to 64 entries of the big one.
         self._coarse = self.starts[::_FANOUT]
+        self._build_io_map()
+
+    def _build_io_map(self) -> None:
+        """The device's fast path: a direct-mapped index over buckets of 2**io_shift bytes.
+
+        Bucket b is io_map[2b], io_map[2b+1] = (end, code) of the extent holding its first
+        byte: bytes [offset, offset + n) of the bucket with offset + n <= end are bytes
+        offset + (code & ~_FD_MASK) of io_fds[code & _FD_MASK]. An extent is a run of
+        adjacent direct_io targets contiguous on one descriptor, or one other target
+        (end -1: never taken). Pairs in one flat array('q') cost one cold cache line per
+        request, against a bisect over 100,000 cold targets; at most two buckets per extent.
+        Spanning requests, other targets and short transfers take Table.read/write. A
+        trailing (-1, 0) serves offset == nbytes.
+        """
+        ext_ends: list[int] = []
+        codes: list[int] = []  # -1: not direct
+        fd_index: dict[int, int] = {}
+        for target, start, end in zip(self.targets, self.starts, self.ends, strict=True):
+            direct = target.direct_io()
+            code = -1
+            if direct is not None:
+                fd, base = direct
+                idx = fd_index.setdefault(fd, len(fd_index))
+                if idx <= _FD_MASK and 0 <= base <= _MAX_OFF - (end - start):
+                    code = (base - start) | idx  # both offsets are sector multiples
+            if code != -1 and codes and codes[-1] == code:
+                ext_ends[-1] = end  # contiguous with the previous extent: merge
+                continue
+            ext_ends.append(end)
+            codes.append(code)
+        self.io_fds = sorted(fd_index, key=fd_index.__getitem__)
+        shift = max(0, (self.nbytes // len(ext_ends)).bit_length() - 1)  # <= 2 per extent
+        size = 1 << shift
+        pairs: list[int] = []
+        first = 0
+        for end, code in zip(ext_ends, codes, strict=True):
+            last = -(-end // size)  # buckets first..last-1 start inside this extent
+            if last > first:
+                pairs += (end if code != -1 else -1, code) * (last - first)
+                first = last
+        pairs += (-1, 0)
+        self.io_map, self.io_shift = array("q", pairs), shift
 
     def _index(self, offset: int) -> int:
         lo = (bisect_right(self._coarse, offset) - 1) * _FANOUT

@@ -31,6 +31,8 @@ BLKSSZGET = 0x1268
 BLKDISCARD = 0x1277
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+LOOP_MAJOR = 7
+LOOP_CTL_ADD = 0x4C80
 
 _libc: ctypes.CDLL | None = None
 
@@ -153,6 +155,31 @@ def block_node_for(major: int, minor: int) -> str | None:
     return None
 
 
+def autoload_loop(minor: int) -> str | None:
+    """The loop driver's probe on opening 7:N when loopN does not exist: it creates loopN
+    (block device autoloading, which 4.47 / 6.x still do), so a table on 7:N loads over an
+    unbound loop device of size 0. We ask /dev/loop-control for it (LOOP_CTL_ADD). None if
+    that cannot be done: the kernel then answers ENXIO, as for any dev_t with no device."""
+    try:
+        with open("/sys/module/loop/parameters/max_part") as f:
+            if int(f.read()):  # minor N is then a partition of a loop device, not loopN
+                return None
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.ioctl(fd, LOOP_CTL_ADD, minor)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            return None
+    finally:
+        os.close(fd)
+    return block_node_for(LOOP_MAJOR, minor)  # devtmpfs made the node before the ioctl returned
+
+
 class DeviceCache:
     """Engine-wide table of opened underlying devices, shared with a reference count."""
 
@@ -193,6 +220,8 @@ def open_path(cache: DeviceCache, path: str, read_only: bool,
         if mapped is not None:
             return mapped
         node = block_node_for(major, minor)
+        if node is None and major == LOOP_MAJOR:
+            node = autoload_loop(minor)
         if node is None:
             raise OSError(errno.ENXIO, f"no block device {path}")
         key: object = ("blk", major, minor)

@@ -40,8 +40,15 @@ class Underlying(Protocol):
     name: str
     #: Encoded dev_t for TABLE_DEPS (0 for a regular file).
     dev: int
-    size: int  # bytes
-    logical_block_size: int
+
+    @property
+    def size(self) -> int:
+        """Bytes."""
+        ...
+
+    @property
+    def logical_block_size(self) -> int: ...
+
     read_only: bool
 
     def read(self, offset: int, buf: memoryview) -> None: ...
@@ -55,8 +62,10 @@ class TargetContext(Protocol):
 
     #: True when the table is loaded read-only: get_device opens devices read-only.
     read_only: bool
-    #: The device's name ("254:0" style) for messages and events.
-    device_name: str
+    @property
+    def device_name(self) -> str:
+        """The device's name ("254:0" style) for messages and events."""
+        ...
 
     def get_device(self, path: str) -> Underlying:
         """dm_get_device: open ``path`` or "major:minor"; raises OSError with the errno."""
@@ -114,6 +123,12 @@ class Target:
 
     def devices(self) -> list[Underlying]:
         return [dev for dev, _start, _len in self.iterate_devices()]
+
+    def direct_io(self) -> tuple[int, int] | None:
+        """(fd, byte offset) if every byte of this target is plain preadv/pwritev on one
+        descriptor at a fixed offset: the device then does such I/O itself, skipping
+        read/write. None (the default) sends all I/O through read/write."""
+        return None
 
     # ---- lifecycle hooks (dm.c calls these around suspend/resume and on destroy)
     def presuspend(self, noflush: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 from devmapper.targets.base import SECTOR_SHIFT, StatusType, Target, TargetError, parse_u64
@@ -24,20 +25,24 @@ class LinearTarget(Target):
         try:
             self.dev = ctx.get_device(argv[0])
         except OSError as e:
-            raise TargetError("Device lookup failed", e.errno)
-        self._base = base = self.start << SECTOR_SHIFT
-        # Devices that offer it hand us read/write closures already offset by our start:
-        # the I/O path then goes from the device's gate straight to the syscall.
-        reader = getattr(self.dev, "reader", None)
-        if reader is not None:
-            self.read = reader(base)  # type: ignore[method-assign]
-            self.write = self.dev.writer(base)  # type: ignore[attr-defined,method-assign]
+            raise TargetError("Device lookup failed", e.errno or errno.EINVAL)
+        self._base = self.start << SECTOR_SHIFT
 
     def read(self, offset: int, buf: memoryview) -> None:
         self.dev.read(self._base + offset, buf)
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
         self.dev.write(self._base + offset, data, fua)
+
+    def direct_io(self) -> tuple[int, int] | None:
+        # A file or block device (not a mapped device): the table maps requests within us
+        # straight to preadv/pwritev. Subclasses that change read/write opt out.
+        fd = getattr(self.dev, "fd", None)
+        cls = type(self)
+        if (not isinstance(fd, int) or cls.read is not LinearTarget.read
+                or cls.write is not LinearTarget.write):
+            return None
+        return fd, self._base
 
     def discard(self, offset: int, length: int) -> None:
         self.dev.discard(self._base + offset, length)

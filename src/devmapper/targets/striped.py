@@ -56,7 +56,7 @@ class StripedTarget(Target):
                 start = parse_u64(start_arg, "Couldn't parse stripe destination")
                 self.devs.append(ctx.get_device(dev_arg))
             except OSError as e:
-                raise TargetError("Couldn't parse stripe destination", e.errno)
+                raise TargetError("Couldn't parse stripe destination", e.errno or errno.EINVAL)
             self.starts.append(start)
         self.errors = [0] * stripes
         self._chunk_bytes = chunk << SECTOR_SHIFT
