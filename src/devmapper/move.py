@@ -418,9 +418,9 @@ def temp_name(name: str) -> str:
     return name + TEMP_SUFFIX
 
 
-def _temp_device(dm: DeviceMapper, temp: str) -> str | None:
+def _temp_device(dm: DeviceMapper, temp: str, strict: bool = True) -> str | None:
     """major:minor of the move's temporary device, None if there is none; a device of that
-    name that the move did not create is an error, never touched."""
+    name that the move did not create is never touched: an error (None unless ``strict``)."""
     try:
         info = dm.info(temp)
     except DMError as e:
@@ -428,13 +428,15 @@ def _temp_device(dm: DeviceMapper, temp: str) -> str | None:
             return None
         raise
     if not info.uuid.startswith(TEMP_UUID_PREFIX):
+        if not strict:
+            return None
         raise MoveError(f"{temp} exists and is not a devmapper move's device")
     return f"{info.major}:{info.minor}"
 
 
-def _remove_temp(dm: DeviceMapper, name: str) -> None:
+def _remove_temp(dm: DeviceMapper, name: str, strict: bool = True) -> None:
     temp = temp_name(name)
-    temp_dev = _temp_device(dm, temp)
+    temp_dev = _temp_device(dm, temp, strict)
     if temp_dev is None:
         return
     # A run cut short between a load and its resume left an inactive table holding it.
@@ -549,11 +551,13 @@ def run_plan(dm: DeviceMapper, plan: MovePlan, progress: Progress | None = None,
         raise MoveError(f"{plan.name} changed outside the move: {len(current)} segments, "
                         f"{len(plan.original)} planned")
     temp = temp_name(plan.name)
-    temp_dev = _temp_device(dm, temp)
+    temp_dev = _temp_device(dm, temp, strict=False)
     # A segment that moves, or one still on the temporary device (a stripe that had not
     # started copying when the move was cut short).
     todo = [i for i, (o, f) in enumerate(zip(plan.original, plan.final, strict=True))
             if o != f or _on_temp(current[i], temp_dev)]
+    if any(plan.original[i].kind == "striped" for i in todo):
+        _temp_device(dm, temp)  # someone else's device by that name: stop before any step
     total = sum(plan.original[i].length for i in todo)
     done = 0
     for k, i in enumerate(todo):
@@ -592,7 +596,7 @@ def run_plan(dm: DeviceMapper, plan: MovePlan, progress: Progress | None = None,
             progress(done, total, k, len(todo))
     # Left by a run cut short between creating it and using it.
     if not any(_on_temp(Seg.of(s), temp_dev) for s in dm.table(plan.name)):
-        _remove_temp(dm, plan.name)
+        _remove_temp(dm, plan.name, strict=False)
 
 
 def move(dm: DeviceMapper, name: str, source: str, dest: str, *,

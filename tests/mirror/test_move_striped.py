@@ -226,7 +226,11 @@ def test_temp_name_taken_by_someone_else(dm: DeviceMapper, volume: dict[str, str
     with pytest.raises(MoveError, match="not a devmapper move"):
         move(dm, "vol", volume["a"], volume["b"])
     assert dm.table(temp_name("vol"))[0].target_type == "zero"  # untouched
-    # What the move did before it met the device (the linear segment) is in its state.
+    assert table_lines(dm, "vol") == original(volume)  # stopped before its first step
+    # A move without striped segments does not need the name.
+    dm.create("lin", f"0 4096 linear {volume['a']} 0")
+    move(dm, "lin", volume["a"], volume["b"], dest_offset=28000)
+    assert dm.table(temp_name("vol"))[0].target_type == "zero"
     dm.remove(temp_name("vol"))
     continue_move(dm, "vol")
     assert table_lines(dm, "vol") == final(volume)
