@@ -8,8 +8,10 @@ in this directory. A boot failure is an error, never a skip: deselect the tier e
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,12 +34,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def guest() -> Iterator[Guest]:
     """The booted guest, one per session. Raises (with the console log) if it cannot boot."""
     g = Guest()
-    g.start()
+    t0 = time.monotonic()
+    try:
+        g.start()
+    except BaseException:
+        _BOOT.append(f"kernel guest: boot FAILED after {time.monotonic() - t0:.1f} s "
+                     "(every kernel test errors; the tier is never skipped)")
+        raise
     _BOOT.append(f"kernel guest: {g.info.get('kernel')} booted in {g.boot_seconds:.1f} s")
     try:
         yield g
     finally:
         g.stop()
+
+
+@pytest.fixture(scope="session")
+def dmsetup_batch(guest: Guest, tier_notes: list[str]) -> dict[str, Any]:
+    """tests/cli/kernel_replay.py's whole batch in the guest, once: {scenario: result}."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+    import kernel_replay
+
+    results = kernel_replay.replay(guest, [])
+    tier_notes.append(f"{results['_note']} ({len(results) - 2} scenarios)")
+    return results
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -341,6 +342,32 @@ def check_long_device_list_buffer_full_retries(c: Ctx) -> None:
 
 
 @check
+def check_buffer_full_retries_for_every_reply_with_data(c: Ctx) -> None:
+    """Each command that answers with data, from a buffer too small for the answer: the
+    kernel sets BUFFER_FULL, the library retries bigger and returns the whole answer."""
+    a, b = c.loop(1024), c.loop(1024)
+    c.dm.create("bf", f"0 100 linear {a.devt} 0\n100 100 linear {b.devt} 0", uuid="BF")
+    for _ in range(3):
+        c.dm.message("bf", 0, "@stats_create - /4")
+    calls: dict[int, Callable[[DeviceMapper], object]] = {
+        Cmd.LIST_DEVICES: lambda dm: dm.list(),
+        Cmd.LIST_VERSIONS: lambda dm: dm.targets(),
+        Cmd.TABLE_DEPS: lambda dm: dm.deps("bf"),
+        Cmd.TABLE_STATUS: lambda dm: (dm.table("bf"), dm.status("bf")),
+        Cmd.DEV_WAIT: lambda dm: dm.wait("bf", event_nr=99)[1],
+        Cmd.TARGET_MSG: lambda dm: dm.message("bf", 0, "@stats_list"),
+    }
+    tiny = DM_IOCTL_SIZE + 8
+    for cmd, call in calls.items():
+        want = call(c.dm)
+        small = DeviceMapper(c.dm.transport)  # shares the control fd; not closed here
+        small._size_hint[cmd] = tiny
+        eq(call(small), want, f"{Cmd(cmd).name} from a {tiny}-byte buffer")
+        if small._size_hint[cmd] <= tiny:
+            raise AssertionError(f"{Cmd(cmd).name}: no BUFFER_FULL from a {tiny}-byte buffer")
+
+
+@check
 def check_list_event_numbers_and_empty_list(c: Ctx) -> None:
     eq(c.dm.list(), [], "empty")
     c.dm.create("e1", "0 8 zero", uuid="E1")
@@ -570,11 +597,31 @@ def check_arm_poll_and_poll(c: Ctx) -> None:
 # ---------------------------------------------------------------- geometry, I/O, errno
 
 
+HDIO_GETGEO = 0x0301
+_HD_GEOMETRY = struct.Struct("@BBHL")  # heads, sectors, cylinders, start
+
+
+def getgeo(node: str) -> tuple[int, int, int, int]:
+    """(cylinders, heads, sectors, start) as the block device reports them."""
+    fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = bytearray(_HD_GEOMETRY.size)
+        fcntl.ioctl(fd, HDIO_GETGEO, buf)
+    finally:
+        os.close(fd)
+    heads, sectors, cylinders, start = _HD_GEOMETRY.unpack(buf)
+    return cylinders, heads, sectors, start
+
+
 @check
 def check_geometry(c: Ctx) -> None:
     c.dm.create("g", "0 2048 zero")
-    c.dm.set_geometry("g", 100, 4, 32, 0)
+    node = c.node("g")
+    eq(getgeo(node), (0, 0, 0, 0), "no geometry set")
+    c.dm.set_geometry("g", 100, 4, 32, 8)
+    eq(getgeo(node), (100, 4, 32, 8), "HDIO_GETGEO after set")
     c.dm.set_geometry("g", 65535, 255, 255, 0)
+    eq(getgeo(node), (65535, 255, 255, 0), "largest geometry")
     for bad in [(65536, 4, 32), (100, 256, 32), (100, 4, 256)]:
         def set_bad(bad: tuple[int, int, int] = bad) -> None:
             c.dm.set_geometry("g", *bad, 0)
@@ -582,6 +629,7 @@ def check_geometry(c: Ctx) -> None:
         eq(errno_of(set_bad), errno.EINVAL, f"geometry {bad}")
     err, _ = raw(c.dm, Cmd.DEV_SET_GEOMETRY, DmIoctl(name="g"), b"100 4 32\0")
     eq(err, errno.EINVAL, "three numbers")
+    eq(getgeo(node), (65535, 255, 255, 0), "a failed set changes nothing")
     eq(errno_of(lambda: c.dm.set_geometry("nosuch", 1, 1, 1, 0)), errno.ENXIO, "missing")
 
 

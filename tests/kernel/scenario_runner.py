@@ -53,10 +53,6 @@ SECTOR = 512
 LOOP_CLR_FD = 0x4C01
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
-#: For the host side: start udevd again if a driver died while it was stopped.
-RESTART_UDEVD = ("udevadm control --ping >/dev/null 2>&1 || "
-                 "{ /usr/lib/systemd/systemd-udevd --daemon || /lib/systemd/systemd-udevd "
-                 "--daemon; } </dev/null >/dev/null 2>&1")
 #: Flags that differ by design (see the module docstring).
 IGNORED_FLAGS = Flag.UEVENT_GENERATED
 

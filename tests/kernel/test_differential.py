@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-from scenario_runner import RESTART_UDEVD, Runner, engine_opener  # noqa: E402
+from in_guest import run_driver  # noqa: E402
+from scenario_runner import Runner, engine_opener  # noqa: E402
 from scenarios import Scenario, load_all  # noqa: E402
 
 from devmapper.control.engine import EngineTransport  # noqa: E402
@@ -39,21 +38,9 @@ GUEST_TIMEOUT = 1800.0
 
 @pytest.fixture(scope="module")
 def kernel_results(guest: Guest, tier_notes: list[str]) -> dict[str, Any]:
-    runner = HERE / "scenario_runner.py"
-    # Backing files in the guest's /tmp (tmpfs), not the 9p work dir: loop I/O stays local.
-    cmd = (f"d=$(mktemp -d) && /bin/python3 {shlex.quote(str(runner))} \"$d\"; rc=$?; "
-           "rm -rf \"$d\"; exit $rc")
-    t0 = time.monotonic()
-    try:
-        r = guest.run(cmd, timeout=GUEST_TIMEOUT).check()
-    finally:
-        # If the runner was killed, udevd must not stay stopped for the tests that follow.
-        guest.run(RESTART_UDEVD, timeout=60)
-    results: dict[str, Any] = json.loads(r.stdout)
-    tier_notes.append(f"differential: {len(SCENARIOS)} scenarios, kernel side "
-                      f"{results['_seconds']:.1f} s in the guest "
-                      f"({time.monotonic() - t0:.1f} s with the request)")
-    return results
+    return run_driver(guest, HERE / "scenario_runner.py", label=f"differential: "
+                      f"{len(SCENARIOS)} scenarios, kernel side", notes=tier_notes,
+                      timeout=GUEST_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

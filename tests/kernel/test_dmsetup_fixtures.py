@@ -1,35 +1,27 @@
-"""Replay a few recorded dmsetup fixtures against the real dmsetup in the guest.
+"""Every recorded dmsetup fixture is well formed, and a sample replays identically against the
+real dmsetup from the fixture file alone.
 
 Proves that a fixture file alone is enough to replay a scenario (setup, placeholders, actions,
 normalisation) and that the recordings are reproducible. The full corpus takes many minutes,
-so only a small, varied sample runs here; `scripts/record_dmsetup_fixtures.py` re-records all.
+so only a small, varied sample (kernel_replay.REPRODUCE) runs, inside the guest as part of
+the dmsetup batch (conftest.dmsetup_batch, which replays every fixture with ours as well);
+`scripts/record_dmsetup_fixtures.py` re-records all.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
-from guest import Guest
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "dmsetup"
-SAMPLE = ["create_duplicate", "remove_deferred", "ls_tree"]
+sys.path.insert(0, str(ROOT / "tests" / "cli"))
 
-
-def _recorder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "record_dmsetup_fixtures", ROOT / "scripts" / "record_dmsetup_fixtures.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while being created
-    spec.loader.exec_module(mod)
-    return mod
+from kernel_replay import REPRODUCE  # noqa: E402
 
 
 def test_every_fixture_is_well_formed() -> None:
@@ -45,11 +37,9 @@ def test_every_fixture_is_well_formed() -> None:
                 assert "rc" in st and ("stdout" in st or "stdout_b64" in st), (path.name, st)
 
 
-@pytest.mark.parametrize("name", SAMPLE)
-def test_fixture_replays_identically(clean_guest: Guest, name: str) -> None:
-    rec = _recorder()
-    expected = json.loads((FIXTURES / f"{name}.json").read_text())
-    recorder = rec.Recorder(clean_guest)
-    recorder.dm_major = recorder.find_dm_major()
-    actual = recorder.record(rec.Scenario.from_fixture(expected))
-    assert rec.compare(expected, actual) == []
+@pytest.mark.parametrize("name", REPRODUCE)
+def test_fixture_replays_identically(name: str, dmsetup_batch: dict[str, Any]) -> None:
+    res = dmsetup_batch.get(f"real:{name}")
+    assert res is not None, f"the guest batch did not replay {name} with the real dmsetup"
+    assert res["error"] is None, f"{name} failed in the guest:\n{res['error']}"
+    assert res["diffs"] == [], "\n".join(res["diffs"])

@@ -5,10 +5,7 @@ All checks (lib_driver.py) run in one guest request; each is reported here as it
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +15,16 @@ from guest import Guest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 
+from in_guest import run_driver  # noqa: E402
 from lib_driver import CHECKS, XFAIL  # noqa: E402
-from scenario_runner import RESTART_UDEVD  # noqa: E402
 
 GUEST_TIMEOUT = 1200.0
 
 
 @pytest.fixture(scope="module")
 def lib_results(guest: Guest, tier_notes: list[str]) -> dict[str, Any]:
-    driver = HERE / "lib_driver.py"
-    cmd = (f"d=$(mktemp -d) && /bin/python3 {shlex.quote(str(driver))} \"$d\"; rc=$?; "
-           "rm -rf \"$d\"; exit $rc")
-    t0 = time.monotonic()
-    try:
-        r = guest.run(cmd, timeout=GUEST_TIMEOUT).check()
-    finally:
-        guest.run(RESTART_UDEVD, timeout=60)
-    results: dict[str, Any] = json.loads(r.stdout)
-    tier_notes.append(f"library on the kernel: {len(CHECKS)} checks, "
-                      f"{results['_seconds']:.1f} s in the guest "
-                      f"({time.monotonic() - t0:.1f} s with the request)")
-    return results
+    return run_driver(guest, HERE / "lib_driver.py", label=f"library on the kernel: "
+                      f"{len(CHECKS)} checks", notes=tier_notes, timeout=GUEST_TIMEOUT)
 
 
 def _param(name: str) -> Any:
