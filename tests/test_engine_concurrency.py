@@ -30,11 +30,17 @@ def check_block(data: bytes) -> tuple[int, int]:
 def test_writers_survive_table_swaps(dm: DeviceMapper, backing: Callable[..., str]) -> None:
     f = backing(BLOCKS * BLOCK * 2)
     sectors = BLOCKS * BLOCK // 512
-    # Two tables with the same data layout but different target splits.
+    # Tables with the same data layout but different target splits, so different I/O maps:
+    # one extent; four contiguous targets (merged); eight alternating between the file
+    # (direct) and a device stacked on it (through its targets); striped (no direct path).
+    low = dm.create("low", f"0 {sectors} linear {f} 0")
+    part = sectors // 8
     tables = [
         f"0 {sectors} linear {f} 0",
         "\n".join(f"{i * sectors // 4} {sectors // 4} linear {f} {i * sectors // 4}"
                   for i in range(4)),
+        "\n".join(f"{i * part} {part} linear {f if i % 2 else f'{low.major}:{low.minor}'} "
+                  f"{i * part}" for i in range(8)),
         f"0 {sectors} striped 1 8 {f} 0",
     ]
     dm.create("c", tables[0])

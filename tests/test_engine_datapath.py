@@ -277,6 +277,8 @@ def test_large_table_io_map(dm: DeviceMapper, backing: Callable[..., str]) -> No
             dev.write(i * 4096, memoryview(i.to_bytes(4, "little") * 1024))
         for i in range(0, n, 7):
             assert read_file(f, order[i] * 4096, 4) == i.to_bytes(4, "little")
+        dev.write(3 * 4096, memoryview(b"fua!" * 1024), True)  # FUA: the target's path
+        assert read_file(f, order[3] * 4096, 4) == b"fua!"
         # A request across two targets splits at the boundary.
         back = bytearray(4096)
         dev.read_into(7 * 4096 + 2048, memoryview(back))

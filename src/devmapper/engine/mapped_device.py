@@ -199,8 +199,9 @@ class MappedDevice:
             self._io_cond.notify_all()
 
     # The table's io_map is read only inside the gate, so it is the map of the table the
-    # request runs under. A request within one direct_io target is one syscall here; a
-    # short transfer is redone in full by the target, which handles EOF and retries.
+    # request runs under. A request within one direct_io extent is one syscall here (code:
+    # byte delta | fd index, 511 being table._FD_MASK); anything else, and a short transfer
+    # (redone in full: the target handles EOF and retries), goes through the table.
     def read(self, offset: int, buf: memoryview) -> None:
         inflight = self._inflight
         inflight.append(None)
