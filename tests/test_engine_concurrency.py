@@ -8,7 +8,12 @@ import struct
 import threading
 from collections.abc import Callable
 
+import pytest
+
+from devmapper import targets
 from devmapper.library import DeviceMapper
+from devmapper.targets.base import Requeue
+from devmapper.targets.zero import ZeroTarget
 
 BLOCK = 4096
 BLOCKS = 256
@@ -115,3 +120,96 @@ def test_suspend_blocks_new_io_until_resume(dm: DeviceMapper,
     dm.resume("s")
     assert done.wait(5)
     t.join()
+
+
+# ---------------------------------------------------------------- requeue (DM_MAPIO_REQUEUE)
+
+class HoldingTarget(ZeroTarget):
+    """Registered as "holding" for one test: I/O waits until a suspend; a noflush suspend
+    sends it back (Requeue), a flushing one fails it, as dm-raid1's hold_bio does."""
+
+    name = "holding"
+    gate = threading.Event()
+
+    def presuspend(self, noflush: bool) -> None:
+        self.noflush = noflush
+        self.gate.set()
+
+    def _hold(self) -> None:
+        self.gate.wait(10)
+        if not self.noflush:
+            raise OSError(5, "held I/O failed by a flushing suspend")
+        raise Requeue()
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        self._hold()
+
+    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        self._hold()
+
+    def flush(self) -> None:
+        self._hold()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._hold()
+
+
+@pytest.mark.parametrize("op", ["read", "write", "flush", "discard"])
+def test_requeue_reissues_to_the_next_table(dm: DeviceMapper, backing: Callable[..., str],
+                                            monkeypatch: pytest.MonkeyPatch, op: str) -> None:
+    monkeypatch.setitem(targets._REGISTRY, "holding", f"{__name__}:HoldingTarget")
+    monkeypatch.setattr(targets, "_loaded", dict(targets._loaded))
+    HoldingTarget.gate.clear()
+    f = backing(BLOCK * 8)
+    with open(f, "r+b") as fh:
+        fh.write(b"N" * BLOCK)
+    dm.create("rq", "0 64 holding")
+    dev = dm.open("rq")
+    result: list[object] = []
+    calls = {
+        "read": lambda: dev.read(0, BLOCK),
+        "write": lambda: dev.write(0, memoryview(b"W" * BLOCK)),
+        "flush": dev.flush,
+        "discard": lambda: dev.discard(0, BLOCK),
+    }
+    t = threading.Thread(target=lambda: result.append(calls[op]()))
+    t.start()
+    dm.suspend("rq", noflush=True)  # the held request leaves the target: suspend completes
+    assert t.is_alive()  # ... but not the caller: it waits for the resume
+    dm.load("rq", f"0 64 linear {f} 0")
+    dm.resume("rq")
+    t.join(10)
+    assert not t.is_alive()
+    with open(f, "rb") as fh:
+        first = fh.read(BLOCK)
+    if op == "read":
+        assert result == [b"N" * BLOCK]  # served by the new table
+    elif op == "write":
+        assert first == b"W" * BLOCK
+    else:
+        assert result == [None]
+    dev.close()
+
+
+def test_requeue_outside_noflush_suspend_fails(dm: DeviceMapper,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(targets._REGISTRY, "holding", f"{__name__}:HoldingTarget")
+    monkeypatch.setattr(targets, "_loaded", dict(targets._loaded))
+    HoldingTarget.gate.clear()
+    dm.create("rq", "0 64 holding")
+    dev = dm.open("rq")
+    errors: list[int] = []
+
+    def write() -> None:
+        try:
+            dev.write(0, memoryview(b"W" * BLOCK))
+        except OSError as e:
+            errors.append(e.errno or 0)
+
+    t = threading.Thread(target=write)
+    t.start()
+    dm.suspend("rq")  # flushing: the held write fails, nothing is requeued
+    t.join(10)
+    assert errors == [5]
+    dm.resume("rq")
+    dev.close()

@@ -18,8 +18,8 @@ from devmapper.library import DeviceMapper
 
 from .mirror_helpers import MiB, read_at, status, wait_sync
 from .mirror_scenarios import (
-    ENGINE_REQUEUE_TRACES,
     ENGINE_SCENARIOS,
+    KERNEL_REQUEUE_TRACES,
     KERNEL_TRACES,
     REQUEUE_SCENARIOS,
 )
@@ -33,12 +33,12 @@ def test_matches_the_kernel_trace(dm: DeviceMapper, mkfile: Callable[..., str],
 
 
 @pytest.mark.parametrize("name", sorted(REQUEUE_SCENARIOS))
-def test_noflush_suspend_completes_held_writes(dm: DeviceMapper, mkfile: Callable[..., str],
-                                               name: str) -> None:
-    """The engine's known difference (no requeue): see mirror_scenarios; the kernel's side
-    is KERNEL_REQUEUE_TRACES, checked in the QEMU tier."""
+def test_noflush_suspend_requeues_held_writes(dm: DeviceMapper, mkfile: Callable[..., str],
+                                              name: str) -> None:
+    """A held write is requeued at a noflush suspend and re-issued to the table live after
+    the resume, as the kernel does (KERNEL_REQUEUE_TRACES, checked in the QEMU tier)."""
     a, b = mkfile("a.img", 2 * MiB), mkfile("b.img", 2 * MiB)
-    assert REQUEUE_SCENARIOS[name](dm, a, b) == ENGINE_REQUEUE_TRACES[name]
+    assert REQUEUE_SCENARIOS[name](dm, a, b) == KERNEL_REQUEUE_TRACES[name]
 
 
 def test_handle_errors_loses_nothing_acknowledged(

@@ -13,7 +13,7 @@ import threading
 from array import array
 from typing import TYPE_CHECKING
 
-from devmapper.targets.base import SECTOR_SHIFT
+from devmapper.targets.base import SECTOR_SHIFT, Requeue
 from devmapper.uapi import encode_dev
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class MappedDevice:
         self.read_only = False
         self.suspended = False
         self.frozen = False  # filesystem frozen by lockfs on suspend
+        self.noflush_suspending = False  # DMF_NOFLUSH_SUSPENDING: targets may requeue
         self.deferred_remove = False
         self.deleting = False
         self.type_set = False  # first table loaded: later loads check limits at resume
@@ -122,6 +123,7 @@ class MappedDevice:
         if self.suspended:
             return
         table = self.live
+        self.noflush_suspending = noflush
         if table is not None:
             table.presuspend(noflush)
         # lockfs is honoured only for a flushing suspend (noflush takes precedence).
@@ -151,6 +153,7 @@ class MappedDevice:
         table.preresume()
         table.resume()
         self.suspended = False
+        self.noflush_suspending = False
         self._open_gate()
         # __dm_resume: I/O flows again before the filesystem is thawed (thawing writes).
         if self.frozen:
@@ -193,6 +196,19 @@ class MappedDevice:
                 # A request leaving wakes us; the timeout covers one that left in between.
                 self._io_cond.wait(0.05)
 
+    def _await_requeue(self) -> None:
+        """A request a target requeued, now outside the gate: wait for the resume that ends
+        the noflush suspend; the caller then re-issues it whole. EIO when requeued outside
+        one (dm.c fails it) or when the device goes away meanwhile."""
+        with self._io_cond:
+            while self.noflush_suspending and not self.deleting:
+                self._io_cond.wait(0.1)
+        if self.deleting or self.live is None:
+            raise _eio("requeued I/O on a device being removed")
+
+    def _requeue_outside_suspend(self) -> OSError:
+        return _eio("target requeued I/O outside a noflush suspend")
+
     def _open_gate(self) -> None:
         with self._io_cond:
             self._blocked = False
@@ -223,10 +239,16 @@ class MappedDevice:
             if offset < 0 or offset + n > self._nbytes:
                 raise _eio("read beyond the end of the device")
             self._read(offset, buf)
+            return
+        except Requeue:
+            if not self.noflush_suspending:
+                raise self._requeue_outside_suspend() from None
         finally:
             inflight.pop()
             if self._blocked:
                 self._gate_notify()
+        self._await_requeue()
+        self.read(offset, buf)
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
         inflight = self._inflight
@@ -246,17 +268,29 @@ class MappedDevice:
                 if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
                     return
             self._write(offset, data, fua)
+            return
+        except Requeue:
+            if not self.noflush_suspending:
+                raise self._requeue_outside_suspend() from None
         finally:
             inflight.pop()
             if self._blocked:
                 self._gate_notify()
+        self._await_requeue()
+        self.write(offset, data, fua)
 
     def flush(self) -> None:
         table = self._enter()
         try:
             table.flush()
+            return
+        except Requeue:
+            if not self.noflush_suspending:
+                raise self._requeue_outside_suspend() from None
         finally:
             self._leave()
+        self._await_requeue()
+        self.flush()
 
     def discard(self, offset: int, length: int) -> None:
         table = self._enter()
@@ -267,8 +301,14 @@ class MappedDevice:
                 raise _eio("discard beyond the end of the device")
             if length:
                 table.discard(offset, length)
+            return
+        except Requeue:
+            if not self.noflush_suspending:
+                raise self._requeue_outside_suspend() from None
         finally:
             self._leave()
+        self._await_requeue()
+        self.discard(offset, length)
 
     def _enter(self) -> Table:
         self._inflight.append(None)

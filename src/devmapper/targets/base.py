@@ -27,6 +27,12 @@ class TargetError(Exception):
         self.errno = err
 
 
+class Requeue(Exception):  # noqa: N818 - the kernel's name for it
+    """DM_MAPIO_REQUEUE: raised by a target's I/O during a noflush suspend, it hands the whole
+    request back to the mapped device, which re-issues it to the table live after the resume
+    (dm.c's pushback). Outside a noflush suspend the request fails with EIO."""
+
+
 class StatusType(Enum):
     INFO = "info"
     TABLE = "table"

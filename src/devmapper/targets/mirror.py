@@ -23,7 +23,14 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from devmapper.targets.base import SECTOR_SHIFT, StatusType, Target, TargetError, parse_u64
+from devmapper.targets.base import (
+    SECTOR_SHIFT,
+    Requeue,
+    StatusType,
+    Target,
+    TargetError,
+    parse_u64,
+)
 from devmapper.targets.dirty_log import CoreLog, LogError, create_dirty_log
 from devmapper.targets.dirty_log.core import sscanf_uint
 from devmapper.targets.dirty_log.disk import DiskLog
@@ -351,7 +358,7 @@ class MirrorTarget(Target):
                 self.log_failure = True
             if in_sync:
                 if self.log_failure and self.handle_errors:
-                    self._write_failed(r, off, view, fua, written=False)
+                    self._write_failed(r)
                     return
                 failed = []
                 for leg in self.legs:
@@ -361,9 +368,9 @@ class MirrorTarget(Target):
                         failed.append(leg)
                 if failed:
                     self._fail_legs(failed, WRITE_ERROR)
-                    self._write_failed(r, off, view, fua, written=True)
+                    self._write_failed(r)
             elif self.leg_failure and self.handle_errors and not self.keep_log:
-                self._write_failed(r, off, view, fua, written=False)
+                self._write_failed(r)
             else:
                 # Out of sync: the default leg only; recovery copies it to the others later.
                 leg = self.default_leg
@@ -371,8 +378,7 @@ class MirrorTarget(Target):
         finally:
             self._dec(r)
 
-    def _write_failed(self, r: int | None, off: int, view: memoryview | None, fua: bool,
-                      written: bool) -> None:
+    def _write_failed(self, r: int | None) -> None:
         """do_failures for one write (r None: a flush)."""
         with self._cond:
             if not self.log_failure:
@@ -385,10 +391,10 @@ class MirrorTarget(Target):
         if no_leg or (self.keep_log and self.log_failure):
             raise _eio("mirror: write failed on every leg")
         if self.handle_errors and not self.keep_log:
-            self._hold(off, view, fua, written)
+            self._hold()
         # Otherwise the write counts as done: at least one leg has it.
 
-    def _hold(self, off: int, view: memoryview | None, fua: bool, written: bool) -> None:
+    def _hold(self) -> None:
         """hold_bio: wait for userspace to reconfigure the mirror (the next suspend)."""
         with self._cond:
             while not self._suspending:
@@ -396,16 +402,9 @@ class MirrorTarget(Target):
             noflush = self._noflush
         if not noflush:
             raise _eio("mirror: held write failed by suspend")
-        # The kernel requeues the write (DM_MAPIO_REQUEUE) and re-issues it to the table
-        # live after the resume. The engine's I/O gate cannot let a request out and back
-        # in, so it lands on every healthy leg now and completes: the same data wherever
-        # the next table maps these sectors onto a surviving leg (dmeventd's repair, a
-        # move), but the writer hears success before the resume, and even when the next
-        # table would fail or hold it (tests/mirror/mirror_scenarios.py, "requeue").
-        if not written and view is not None:
-            for leg in self.legs:
-                if not leg.error_count:
-                    leg.dev.write(leg.base + off, view, fua)
+        # DM_MAPIO_REQUEUE: the mapped device re-issues the whole write to whatever table is
+        # live after the resume (dmeventd's repair, a move, or this one holding it again).
+        raise Requeue()
 
     def flush(self) -> None:
         if self._persistent and self.log.flush() < 0:
@@ -418,7 +417,7 @@ class MirrorTarget(Target):
                 failed.append(leg)
         if failed:
             self._fail_legs(failed, WRITE_ERROR)  # flush bios fail like writes
-            self._write_failed(None, 0, None, False, written=True)
+            self._write_failed(None)
 
     def discard(self, offset: int, length: int) -> None:
         unsupported = False
