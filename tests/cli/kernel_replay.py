@@ -64,7 +64,7 @@ REAL_DMSETUP = "/usr/sbin/dmsetup"
 #: Fixtures the real dmsetup replays too, proving the recordings are reproducible (a sample:
 #: re-recording all takes half an hour); in the results as "real:NAME".
 REPRODUCE = ["create_duplicate", "remove_deferred", "ls_tree"]
-#: Our dmsetup's output as the guest runs it for a whole batch, at most.
+#: The whole batch in the guest, at most (it took 340-370 s at load 3-7 on 2 cores).
 GUEST_TIMEOUT = 2400.0
 
 
