@@ -4,6 +4,7 @@ while the data moves; afterwards fio verifies every block and fsck finds nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 from devmapper.control.engine import EngineTransport
 from devmapper.engine.core import Engine
 from devmapper.library import DeviceMapper
-from devmapper.move import abort_move, move
+from devmapper.move import MoveError, abort_move, move, temp_name
 
 pytestmark = pytest.mark.root
 
@@ -62,6 +63,40 @@ def exposed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ex.close()
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_early(done: int, total: int, seg: int, segs: int) -> None:
+    if done:
+        raise Stop
+
+
+@contextlib.contextmanager
+def mounted_under_load(ex: object, mnt: Path, tmp_path: Path, name: str) -> Iterator[str]:
+    """ext4 on NAME, mounted, fio writing with verification state while the body runs;
+    afterwards fio verifies every block it wrote and e2fsck finds nothing."""
+    node = ex.node(name)  # type: ignore[attr-defined]
+    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
+    subprocess.run(["mount", node, str(mnt)], check=True)
+    load = subprocess.Popen([*FIO, f"--directory={mnt}", "--time_based", "--runtime=600",
+                             "--do_verify=0", "--verify_state_save=1", "--fsync=16",
+                             f"--output={tmp_path / 'fio.out'}"], cwd=tmp_path)
+    try:
+        time.sleep(3)
+        yield node
+        time.sleep(2)
+    finally:
+        load.terminate()
+        load.wait(60)
+    verify = subprocess.run([*FIO, f"--directory={mnt}", "--verify_only",
+                             "--verify_state_load=1"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    subprocess.run(["umount", str(mnt)], check=True)
+    assert subprocess.run(["e2fsck", "-fn", node], capture_output=True).returncode == 0
+
+
 def test_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
                                  tmp_path: Path) -> None:
     dm, ex, mnt = exposed
@@ -71,24 +106,8 @@ def test_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
             f.truncate(128 * MiB)
     dm.create("vol", f"0 {96 * MiB // 512} linear {a} 0\n"
                      f"{96 * MiB // 512} {32 * MiB // 512} linear {b} 0\n")
-    node = ex.node("vol")  # type: ignore[attr-defined]
-    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
-    subprocess.run(["mount", node, str(mnt)], check=True)
-    load = subprocess.Popen([*FIO, f"--directory={mnt}", "--time_based", "--runtime=600",
-                             "--do_verify=0", "--verify_state_save=1", "--fsync=16",
-                             f"--output={tmp_path / 'fio.out'}"], cwd=tmp_path)
-    try:
-        time.sleep(3)
+    with mounted_under_load(ex, mnt, tmp_path, "vol"):
         # Abort halfway once, then move for real: both under the running load.
-        from devmapper.move import MoveError
-
-        class Stop(Exception):
-            pass
-
-        def stop_early(done: int, total: int, seg: int, segs: int) -> None:
-            if done:
-                raise Stop
-
         with pytest.raises(Stop):
             move(dm, "vol", str(a), str(b), dest_offset=32 * MiB // 512, progress=stop_early)
         abort_move(dm, "vol")
@@ -96,18 +115,8 @@ def test_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
         with pytest.raises(MoveError):
             abort_move(dm, "vol")
         move(dm, "vol", str(a), str(b), dest_offset=32 * MiB // 512)
-        time.sleep(2)
-    finally:
-        load.terminate()
-        load.wait(60)
-    assert [(s.target_type, s.params) for s in dm.table("vol")] == [
-        ("linear", f"{b} {32 * MiB // 512}"), ("linear", f"{b} 0")]
-    verify = subprocess.run([*FIO, f"--directory={mnt}", "--verify_only",
-                             "--verify_state_load=1"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    subprocess.run(["umount", str(mnt)], check=True)
-    assert subprocess.run(["e2fsck", "-fn", node], capture_output=True).returncode == 0
+        assert [(s.target_type, s.params) for s in dm.table("vol")] == [
+            ("linear", f"{b} {32 * MiB // 512}"), ("linear", f"{b} 0")]
 
 
 def test_striped_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Path],
@@ -123,23 +132,7 @@ def test_striped_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Pa
     dm.create("vol", f"0 {2 * s32} striped 2 128 {a} 0 {c} 0\n"
                      f"{2 * s32} {s32} linear {a} {s32}\n")
     original = [s.params for s in dm.table("vol")]
-    node = ex.node("vol")  # type: ignore[attr-defined]
-    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
-    subprocess.run(["mount", node, str(mnt)], check=True)
-    load = subprocess.Popen([*FIO, f"--directory={mnt}", "--time_based", "--runtime=600",
-                             "--do_verify=0", "--verify_state_save=1", "--fsync=16",
-                             f"--output={tmp_path / 'fio.out'}"], cwd=tmp_path)
-    try:
-        time.sleep(3)
-        from devmapper.move import MoveError, temp_name
-
-        class Stop(Exception):
-            pass
-
-        def stop_early(done: int, total: int, seg: int, segs: int) -> None:
-            if done:
-                raise Stop
-
+    with mounted_under_load(ex, mnt, tmp_path, "vol"):
         with pytest.raises(Stop):
             move(dm, "vol", str(a), str(b), region_size=1024, progress=stop_early)
         assert [s.target_type for s in dm.table(temp_name("vol"))] == ["mirror"]
@@ -149,16 +142,6 @@ def test_striped_move_under_mounted_ext4(exposed: tuple[DeviceMapper, object, Pa
         with pytest.raises(MoveError):
             abort_move(dm, "vol")
         move(dm, "vol", str(a), str(b), region_size=1024)
-        time.sleep(2)
-    finally:
-        load.terminate()
-        load.wait(60)
-    assert [(s.target_type, s.params) for s in dm.table("vol")] == [
-        ("striped", f"2 128 {b} 0 {c} 0"), ("linear", f"{b} {s32}")]
-    assert temp_name("vol") not in [d.name for d in dm.list()]
-    verify = subprocess.run([*FIO, f"--directory={mnt}", "--verify_only",
-                             "--verify_state_load=1"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    subprocess.run(["umount", str(mnt)], check=True)
-    assert subprocess.run(["e2fsck", "-fn", node], capture_output=True).returncode == 0
+        assert [(s.target_type, s.params) for s in dm.table("vol")] == [
+            ("striped", f"2 128 {b} 0 {c} 0"), ("linear", f"{b} {s32}")]
+        assert temp_name("vol") not in [d.name for d in dm.list()]

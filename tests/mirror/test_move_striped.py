@@ -170,17 +170,19 @@ def test_cut_at_every_step(dm: DeviceMapper, volume: dict[str, str], finish: str
     assert table_lines(dm, "vol") == final(volume) and no_temp(dm)
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_in_striped(done: int, total: int, seg: int, segs: int) -> None:
+    if seg == 1:  # the first report of the striped segment: its mirrors are live
+        raise Stop
+
+
 def test_cut_mid_copy_under_load_then_abort(dm: DeviceMapper, volume: dict[str, str]) -> None:
     """Aborted while the stripes copy (or have just copied: under load the first report
     may already say done): the segment goes straight back to A (leg 0 of
     the temporary mirrors has every write), the linear segment already on B is copied back."""
-
-    class Stop(Exception):
-        pass
-
-    def stop_in_striped(done: int, total: int, seg: int, segs: int) -> None:
-        if seg == 1:  # the first report of the striped segment: its mirrors are live
-            raise Stop
 
     with Load(dm, "vol", SIZE // BLOCK) as load:
         with pytest.raises(Stop):
@@ -196,13 +198,6 @@ def test_cut_mid_copy_under_load_then_abort(dm: DeviceMapper, volume: dict[str, 
 
 
 def test_cut_mid_copy_then_continue_by_table(dm: DeviceMapper, volume: dict[str, str]) -> None:
-    class Stop(Exception):
-        pass
-
-    def stop_in_striped(done: int, total: int, seg: int, segs: int) -> None:
-        if seg == 1:  # the first report of the striped segment: its mirrors are live
-            raise Stop
-
     with Load(dm, "vol", SIZE // BLOCK) as load:
         with pytest.raises(Stop):
             move(dm, "vol", volume["a"], volume["b"], region_size=64,
