@@ -3,13 +3,17 @@
 Threads: each worker owns a cloned /dev/fuse fd (FUSE_DEV_IOC_CLONE) and a page-aligned
 buffer, reads one request and answers it itself (no hand-off between threads). Workers only
 add throughput while they wait in the kernel: two workers running Python fight over the GIL
-and serve fewer requests than one (4 KiB QD16 from the page cache: 78,000 IOPS with one
-worker, 15,000 with the 33 a spawn-when-none-waits rule started). So a monitor thread
-adds a worker only when every worker has spent a whole tick (2 ms) on one request: they are
-blocked (a flush, slow storage, a suspended device), not computing. A suspended device thus
-holds only its own requests' threads, never the others', and spare workers end after a
-second with two or more waiting, each at its next request. Like a loop device over a
-buffered file, one worker serves cache hits one at a time; the kernel keeps the rest queued.
+and serve fewer small requests than one (4 KiB QD16 from the page cache: 78,000 IOPS with
+one worker, 15,000 with the 33 a spawn-when-none-waits rule started), while large requests
+(the loop device sends a 1 MiB read as two 512 KiB ones) are mostly copying, which runs
+without the GIL and gains from a second worker. So a monitor thread sizes the pool from what
+the workers did in the last 2 ms tick:
+  - every worker stuck on one request for the whole tick (a flush, slow storage, a suspended
+    device): one more, so a blocked device holds only its own requests' threads;
+  - none waiting for requests, fewer than _ACTIVE_MAX running, and so few requests served
+    that the GIL was mostly free (_PYTHON_PER_REQUEST each), three ticks running: one more;
+  - two or more waiting, or two or more running while the GIL was full, for a second: the
+    spares end, each at its next request.
 The kernel side is sized to match (max_background), so its queue of asynchronous direct I/O
 never fills up with one device's requests either.
 
@@ -41,7 +45,10 @@ from .volumes import ROOT_INO, Volume, Volumes
 
 log = logging.getLogger(__name__)
 
-_HEAD = struct.Struct("<IIQQ")  # len, opcode, unique, nodeid: all the dispatch needs
+# One unpack for the dispatch and the hot path: opcode, unique, nodeid from fuse_in_header,
+# then offset, size and the open flags from fuse_read_in/fuse_write_in (garbage for others).
+_REQ = struct.Struct("<4xIQQ24xQI4x8xI")
+_READ, _WRITE = abi.READ, abi.WRITE
 _FIRST = abi.IN_HEADER.size + abi.READ_IN.size  # 80: header + fuse_read_in/fuse_write_in
 _PAGE = mmap.PAGESIZE
 _WANT = (
@@ -63,6 +70,12 @@ _GONE = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)
 _TICK_BUSY = 0.002  # monitor period while any worker is busy
 _TICK_IDLE = 0.02  # ... and while all wait: a request blocked meanwhile waits this long for help
 _SPARE_FOR = 1.0  # seconds with two or more workers waiting before one of them ends
+# The Python (GIL-holding) part of one request. While the workers together serve fewer than
+# half a tick's worth, the GIL has room: they spend their time in syscalls (copying large
+# requests, waiting on storage or a suspended device), where another worker adds throughput.
+# Past that another worker only fights the others for the GIL.
+_PYTHON_PER_REQUEST = 10e-6
+_ACTIVE_MAX = 2  # running workers (not stuck) the GIL-room rule grows to: one per core here
 
 
 class RawFuseServer:
@@ -89,7 +102,7 @@ class RawFuseServer:
         self._fd = -1
         self._lock = threading.Lock()
         self._threads = 0
-        # Per worker, a one-slot list: 0 while it waits in read(), else its request count.
+        # Per worker: [1 while it handles a request (0 in read()), requests taken].
         self._workers: dict[int, list[int]] = {}
         self._surplus = 0  # workers asked to end
         self._all_gone = threading.Event()
@@ -198,8 +211,12 @@ class RawFuseServer:
         dmv = memoryview(data)
         bufs: list[bytearray | mmap.mmap] = [head, data]
         readv = os.readv
+        writev = os.writev
+        unpack = _REQ.unpack_from
+        pack_out = abi.OUT_HEADER.pack
+        by_ino = self.volumes.by_ino
         ident = threading.get_ident()
-        me = [0]
+        me = [0, 0]  # busy, requests taken
         seq = 0
         self._workers[ident] = me
         try:
@@ -214,8 +231,25 @@ class RawFuseServer:
                         return
                     raise
                 seq += 1
-                me[0] = seq
-                self._handle(fd, head, dmv, n)
+                me[0] = 1
+                me[1] = seq
+                # A READ of an attached device inline: the one request type worth the lines.
+                opcode, unique, nodeid, offset, size, _ = unpack(head)
+                vol = by_ino.get(nodeid) if opcode == _READ else None
+                if vol is not None:
+                    backend = vol.backend
+                    end = backend.size
+                    if offset + size <= end:
+                        out = dmv[:size]
+                        try:
+                            backend.read(offset, out)
+                            writev(fd, (pack_out(16 + size, 0, unique), out))
+                        except OSError:  # the general path answers with the errno
+                            self._handle(fd, head, dmv, n)
+                    else:
+                        self._handle(fd, head, dmv, n)
+                else:
+                    self._handle(fd, head, dmv, n)
                 if self._surplus and self._leave():
                     return
         finally:
@@ -234,40 +268,55 @@ class RawFuseServer:
             return True
 
     def _monitor(self) -> None:
-        """Adds a worker when all are stuck; asks one to end when two or more idle on."""
+        """Grows and shrinks the pool by what the workers did in the last tick (see the
+        module's docstring): a worker more when all are stuck, or when all are busy, fewer
+        than _ACTIVE_MAX run and the GIL has room for three ticks running; spares end when two
+        or more wait, or when two or more run while the GIL is full, for a second."""
         seen: dict[int, int] = {}
+        roomy_ticks = 0
         spare_since: float | None = None
         tick = _TICK_IDLE
+        last = time.monotonic()
         while not self._stopping and not self._all_gone.is_set():
             time.sleep(tick)
             now = time.monotonic()
+            elapsed, last = now - last, now
             workers = list(self._workers.items())
-            waiting = stuck = 0
-            for ident, (state,) in workers:
-                if not state:
-                    waiting += 1
-                elif seen.get(ident) == state:
-                    stuck += 1
-            seen = {ident: state for ident, (state,) in workers}
+            waiting = stuck = served = 0
+            for ident, (busy, seq) in workers:
+                before = seen.get(ident, -1)
+                waiting += not busy
+                stuck += busy and seq == before
+                served += seq - before if before >= 0 else 0
+            seen = {ident: seq for ident, (_, seq) in workers}
+            active = len(workers) - waiting - stuck
+            roomy = served * _PYTHON_PER_REQUEST < elapsed / 2
+            # A tick that began idle says nothing of the load that has just started.
+            counts = tick == _TICK_BUSY and not waiting
             tick = _TICK_BUSY if waiting < len(workers) else _TICK_IDLE
-            if workers and stuck == len(workers):
+            roomy_ticks = roomy_ticks + 1 if counts and roomy else 0
+            if workers and stuck == len(workers) or roomy_ticks >= 3 and active < _ACTIVE_MAX:
+                roomy_ticks = 0
                 spare_since = None
+                self._grow()
+                continue
+            spare = waiting - 1 if waiting >= 2 else active - 1 if active >= 2 and not roomy else 0
+            if spare <= 0 or len(workers) <= self.min_threads:
+                spare_since = None
+            elif spare_since is None:
+                spare_since = now
+            elif now - spare_since >= _SPARE_FOR:
                 with self._lock:
-                    grow = self._threads < self.max_threads and not self._stopping
-                    if grow:
-                        self._threads += 1
-                        self._surplus = 0
-                if grow:
-                    self._spawn()
-            elif waiting >= 2 and len(workers) > self.min_threads:
-                if spare_since is None:
-                    spare_since = now
-                elif now - spare_since >= _SPARE_FOR:
-                    with self._lock:
-                        self._surplus = waiting - 1
-                    spare_since = None
-            else:
+                    self._surplus = spare
                 spare_since = None
+
+    def _grow(self) -> None:
+        with self._lock:
+            if self._threads >= self.max_threads or self._stopping:
+                return
+            self._threads += 1
+            self._surplus = 0
+        self._spawn()
 
     def _reply(self, fd: int, unique: int, body: bytes = b"", err: int = 0) -> None:
         try:
@@ -278,13 +327,13 @@ class RawFuseServer:
                 raise
 
     def _handle(self, fd: int, head: bytearray, dmv: memoryview, n: int) -> None:
-        _, opcode, unique, nodeid = _HEAD.unpack_from(head)
+        opcode, unique, nodeid, offset, size, flags = _REQ.unpack_from(head)
         try:
-            if opcode == abi.READ:
-                self._read(fd, unique, nodeid, head, dmv)
+            if opcode == _READ:
+                self._read(fd, unique, nodeid, offset, size, dmv)
                 return
-            if opcode == abi.WRITE:
-                self._write(fd, unique, nodeid, head, dmv)
+            if opcode == _WRITE:
+                self._write(fd, unique, nodeid, offset, size, flags, dmv)
                 return
             if opcode in _NO_REPLY:
                 return
@@ -308,10 +357,14 @@ class RawFuseServer:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def _read(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
-        _, offset, size, _, _, _, _ = abi.READ_IN.unpack_from(head, abi.IN_HEADER.size)
-        backend = self.volumes.live(nodeid).backend
-        size = max(0, min(size, backend.size - offset))  # short read = EOF
+    def _read(
+        self, fd: int, unique: int, nodeid: int, offset: int, size: int, dmv: memoryview
+    ) -> None:
+        vol = self.volumes.by_ino.get(nodeid)
+        backend = (vol or self.volumes.live(nodeid)).backend  # live(): EIO once detached
+        end = backend.size
+        if offset + size > end:
+            size = max(0, end - offset)  # short read = EOF
         out = dmv[:size]
         backend.read(offset, out)
         try:
@@ -320,9 +373,11 @@ class RawFuseServer:
             if e.errno not in (errno.ENOENT, *_GONE):
                 raise
 
-    def _write(self, fd: int, unique: int, nodeid: int, head: bytearray, dmv: memoryview) -> None:
-        _, offset, size, _, _, flags, _ = abi.WRITE_IN.unpack_from(head, abi.IN_HEADER.size)
-        vol = self.volumes.live(nodeid)
+    def _write(
+        self, fd: int, unique: int, nodeid: int, offset: int, size: int, flags: int,
+        dmv: memoryview,
+    ) -> None:
+        vol = self.volumes.by_ino.get(nodeid) or self.volumes.live(nodeid)
         if not vol.writable:
             raise OSError(errno.EROFS, "read-only device")
         vol.backend.write(offset, dmv[:size], bool(flags & _SYNC_FLAGS))
