@@ -368,13 +368,9 @@ def test_engine_crash_log_accepted_by_kernel(guest: Guest, work: Path,
 # ---------------------------------------------------------------- the move, on the kernel
 
 
-MOVE_SCRIPT = r"""
-A=$(loop va.img); B=$(loop vb.img); C=$(loop vc.img)
-echo "A=$(mm $A) B=$(mm $B) C=$(mm $C)"
-# Three segments: 24 MiB of A, 8 MiB of C, 24 MiB of A again.
-printf '0 49152 linear %s 0\n49152 16384 linear %s 0\n65536 49152 linear %s 65536\n' $A $C $A \
-  | dmsetup create vol
-mkfs.ext4 -q /dev/mapper/vol; mkdir -p mnt; mount /dev/mapper/vol mnt
+# Both moves run under ext4 mounted from vol with fio writing (verification state saved),
+# and end with fio verifying every block it wrote and e2fsck.
+LOAD_START = r"""mkfs.ext4 -q /dev/mapper/vol; mkdir -p mnt; mount /dev/mapper/vol mnt
 export PYTHONPATH=__SRC__ DEVMAPPER_BACKEND=kernel DEVMAPPER_MOVE_DIR=$PWD/moves
 fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 --time_based \
   --runtime=600 --verify=crc32c --do_verify=0 --verify_state_save=1 --ioengine=psync \
@@ -382,6 +378,24 @@ fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 --t
 FIO=$!
 sleep 3
 mover() { python3 -m devmapper.cli.tool move "$@" < /dev/null 2>>move.err; }
+"""
+LOAD_END = r"""ls moves/*.json 2>/dev/null | wc -l
+kill $FIO; wait $FIO || true
+fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 \
+  --verify=crc32c --verify_only --verify_state_load=1 --ioengine=psync > verify.out 2>&1 \
+  && echo "verify ok" || { echo "verify failed"; cat verify.out; }
+umount mnt; e2fsck -fn /dev/mapper/vol > /dev/null 2>&1 && echo "fsck ok"
+dmsetup remove vol; settle
+"""
+
+
+MOVE_SCRIPT = r"""
+A=$(loop va.img); B=$(loop vb.img); C=$(loop vc.img)
+echo "A=$(mm $A) B=$(mm $B) C=$(mm $C)"
+# Three segments: 24 MiB of A, 8 MiB of C, 24 MiB of A again.
+printf '0 49152 linear %s 0\n49152 16384 linear %s 0\n65536 49152 linear %s 65536\n' $A $C $A \
+  | dmsetup create vol
+""" + LOAD_START + r"""
 # The mover itself in the background (not a function's subshell): SIGKILL must hit it.
 killmid() { python3 -m devmapper.cli.tool move vol --from $A --to $B < /dev/null 2>>move.err &
   MV=$!
@@ -390,14 +404,7 @@ killmid() { python3 -m devmapper.cli.tool move vol --from $A --to $B < /dev/null
 killmid; echo "killed|$(dmsetup table vol | awk '{print $3}' | tr '\n' ' ')"
 mover --abort vol; echo "aborted|$(dmsetup table vol | tr '\n' ';')"
 killmid; mover --continue vol; echo "continued|$(dmsetup table vol | tr '\n' ';')"
-ls moves/*.json 2>/dev/null | wc -l
-kill $FIO; wait $FIO || true
-fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 \
-  --verify=crc32c --verify_only --verify_state_load=1 --ioengine=psync > verify.out 2>&1 \
-  && echo "verify ok" || { echo "verify failed"; cat verify.out; }
-umount mnt; e2fsck -fn /dev/mapper/vol > /dev/null 2>&1 && echo "fsck ok"
-dmsetup remove vol; settle
-"""
+""" + LOAD_END
 
 
 def test_move_under_mounted_fs_with_kill_abort_continue(guest: Guest, work: Path) -> None:
@@ -421,14 +428,7 @@ echo "A=$(mm $A) B=$(mm $B) C=$(mm $C)"
 # A striped segment (stripes on A and C), then 16 MiB of A.
 printf '0 65536 striped 2 128 %s 0 %s 0\n65536 32768 linear %s 32768\n' $A $C $A \
   | dmsetup create vol
-mkfs.ext4 -q /dev/mapper/vol; mkdir -p mnt; mount /dev/mapper/vol mnt
-export PYTHONPATH=__SRC__ DEVMAPPER_BACKEND=kernel DEVMAPPER_MOVE_DIR=$PWD/moves
-fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 --time_based \
-  --runtime=600 --verify=crc32c --do_verify=0 --verify_state_save=1 --ioengine=psync \
-  --fsync=16 > fio.out 2>&1 &
-FIO=$!
-sleep 3
-mover() { python3 -m devmapper.cli.tool move "$@" < /dev/null 2>>move.err; }
+""" + LOAD_START + r"""
 temp() { dmsetup info vol-pvmove > /dev/null 2>&1 && echo temp || echo no-temp; }
 # Killed while the stripe on A copies through the kernel's own mirror in vol-pvmove.
 killmid() { python3 -m devmapper.cli.tool move vol --from $A --to $B --region-size 256 \
@@ -440,14 +440,7 @@ killmid() { python3 -m devmapper.cli.tool move vol --from $A --to $B --region-si
 killmid; echo "killed|$(dmsetup table vol | awk '{print $3}' | tr '\n' ' ')|$(temp)"
 mover --abort vol; echo "aborted|$(dmsetup table vol | tr '\n' ';')|$(temp)"
 killmid; mover --continue vol; echo "continued|$(dmsetup table vol | tr '\n' ';')|$(temp)"
-ls moves/*.json 2>/dev/null | wc -l
-kill $FIO; wait $FIO || true
-fio --name=load --directory=mnt --rw=randwrite --bs=4k --size=8M --numjobs=2 \
-  --verify=crc32c --verify_only --verify_state_load=1 --ioengine=psync > verify.out 2>&1 \
-  && echo "verify ok" || { echo "verify failed"; cat verify.out; }
-umount mnt; e2fsck -fn /dev/mapper/vol > /dev/null 2>&1 && echo "fsck ok"
-dmsetup remove vol; settle
-"""
+""" + LOAD_END
 
 
 def test_striped_move_under_mounted_fs_with_kill_abort_continue(guest: Guest,
