@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 ruff check src tests bench scripts
+mypy src/devmapper
 exec python3 -m pytest -q -p no:cacheprovider "$@"

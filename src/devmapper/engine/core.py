@@ -19,6 +19,8 @@ from devmapper.engine.underlying import DeviceCache, FdDevice, open_path
 from devmapper.uapi import ENGINE_VERSION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from devmapper.targets.base import Underlying
 
 #: The block major mapped devices get when nothing exposes them (the guest kernel's dm major).
@@ -53,7 +55,11 @@ class Exposure(Protocol):
     def thaw(self, md: MappedDevice) -> None: ...
 
 
-def _loop_io(*_args: object) -> None:
+class _Write(Protocol):
+    def __call__(self, offset: int, data: memoryview, fua: bool = False) -> None: ...
+
+
+def _loop_io(*_args: object, **_kwargs: object) -> None:
     raise OSError(errno.EIO, "table maps its own device")
 
 
@@ -67,14 +73,13 @@ class MappedUnderlying:
         self.name = md.dev_name
         self.dev = md.dev
         self.read_only = read_only
-        if self_reference:
-            self.read = self.write = self.flush = self.discard = _loop_io
-            return
         # Bound methods as attributes: stacking costs no extra call.
-        self.read = md.read
-        self.write = md.write
-        self.flush = md.flush
-        self.discard = md.discard
+        self.read: Callable[[int, memoryview], None] = _loop_io if self_reference else md.read
+        self.write: _Write = md.write
+        if self_reference:
+            self.write = _loop_io
+        self.flush: Callable[[], None] = _loop_io if self_reference else md.flush
+        self.discard: Callable[[int, int], None] = _loop_io if self_reference else md.discard
 
     @property
     def size(self) -> int:

@@ -186,7 +186,7 @@ def dev_create(engine: Engine, req: Req) -> None:
             minor = engine.allocate_minor(minor)
         except OSError as e:
             # A persistent minor in use: 4.47 answers ENXIO.
-            raise _err(errno.ENXIO if e.errno == errno.EBUSY else e.errno)
+            raise _err(errno.ENXIO if e.errno == errno.EBUSY else e.errno or errno.EINVAL)
         md = MappedDevice(engine, hdr.name, hdr.uuid, engine.major, minor)
         if engine.exposure is not None:
             try:
