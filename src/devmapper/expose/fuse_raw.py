@@ -243,9 +243,14 @@ class RawFuseServer:
                         out = dmv[:size]
                         try:
                             backend.read(offset, out)
-                            writev(fd, (pack_out(16 + size, 0, unique), out))
-                        except OSError:  # the general path answers with the errno
+                        except Exception:  # the general path answers with the errno or EIO
                             self._handle(fd, head, dmv, n)
+                        else:
+                            try:
+                                writev(fd, (pack_out(16 + size, 0, unique), out))
+                            except OSError as e:  # interrupted meanwhile: nobody waits
+                                if e.errno not in (errno.ENOENT, *_GONE):
+                                    raise
                     else:
                         self._handle(fd, head, dmv, n)
                 else:
