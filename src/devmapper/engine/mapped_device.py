@@ -238,7 +238,8 @@ class MappedDevice:
                         return
             if offset < 0 or offset + n > self._nbytes:
                 raise _eio("read beyond the end of the device")
-            self._read(offset, buf)
+            if n:  # an empty request reaches no target, as no bio is made for it
+                self._read(offset, buf)
             return
         except Requeue:
             if not self.noflush_suspending:
@@ -267,7 +268,8 @@ class MappedDevice:
                 code = io_map[i + 1]
                 if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
                     return
-            self._write(offset, data, fua)
+            if n:
+                self._write(offset, data, fua)
             return
         except Requeue:
             if not self.noflush_suspending:
