@@ -13,6 +13,7 @@ import threading
 from array import array
 from typing import TYPE_CHECKING
 
+from devmapper.io_gate import Gate
 from devmapper.targets.base import SECTOR_SHIFT, Requeue
 from devmapper.uapi import encode_dev
 
@@ -53,10 +54,8 @@ class MappedDevice:
         self._opens = 0
         self._event_cond = threading.Condition()
         self.suspend_lock = threading.Lock()
-        # the I/O gate
-        self._io_cond = threading.Condition(threading.Lock())
-        self._blocked = False
-        self._inflight: list[None] = []  # one entry per request inside the gate
+        self._gate = Gate()
+        self._inflight = self._gate.inflight  # one entry per request inside the gate
         self._nbytes = 0  # live table size, cached for the bounds check
         # the live table's I/O map (Table._build_io_map)
         self._map = array("q", (-1, 0))
@@ -129,10 +128,10 @@ class MappedDevice:
         # lockfs is honoured only for a flushing suspend (noflush takes precedence).
         if lockfs and not noflush:
             self.frozen = self.engine.freeze(self)
-        self._close_gate()
+        self._gate.close()
+        self.suspended = True  # I/O is stopped: a failing postsuspend cannot close it twice
         if table is not None:
             table.postsuspend()
-        self.suspended = True
 
     def swap_table(self, table: Table) -> Table | None:
         """dm_swap_table: only while suspended. Raises TableError if the table is invalid."""
@@ -154,7 +153,7 @@ class MappedDevice:
         table.resume()
         self.suspended = False
         self.noflush_suspending = False
-        self._open_gate()
+        self._gate.open()
         # __dm_resume: I/O flows again before the filesystem is thawed (thawing writes).
         if self.frozen:
             self.frozen = False
@@ -164,55 +163,24 @@ class MappedDevice:
         """__dm_destroy: targets see presuspend/postsuspend before their table goes."""
         if not self.suspended and self.live is not None:
             self.live.presuspend(False)
-            self._close_gate()
-            self.live.postsuspend()
+            self._gate.close()
             self.suspended = True
+            self.live.postsuspend()
 
-    # ---- the I/O path: byte offsets from the device start
-    #
-    # The gate costs two list operations per request. Under the GIL, list.append/pop are
-    # atomic and sequentially consistent, so this is a Dekker-style handshake: a request
-    # appends itself, then checks _blocked; suspend sets _blocked, then waits for the list
-    # to empty. Either suspend sees the request, or the request sees _blocked and backs
-    # out. A table swap therefore never overlaps a request.
-    def _gate_wait(self) -> None:
-        inflight = self._inflight
-        while self._blocked:
-            inflight.pop()
-            self._gate_notify()
-            with self._io_cond:
-                while self._blocked:
-                    self._io_cond.wait()
-            inflight.append(None)
-
-    def _gate_notify(self) -> None:
-        with self._io_cond:
-            self._io_cond.notify_all()
-
-    def _close_gate(self) -> None:
-        with self._io_cond:
-            self._blocked = True
-            while self._inflight:
-                # A request leaving wakes us; the timeout covers one that left in between.
-                self._io_cond.wait(0.05)
-
+    # ---- the I/O path: byte offsets from the device start (io_gate.Gate's handshake inline)
     def _await_requeue(self) -> None:
         """A request a target requeued, now outside the gate: wait for the resume that ends
         the noflush suspend; the caller then re-issues it whole. EIO when requeued outside
         one (dm.c fails it) or when the device goes away meanwhile."""
-        with self._io_cond:
+        cond = self._gate.cond
+        with cond:
             while self.noflush_suspending and not self.deleting:
-                self._io_cond.wait(0.1)
+                cond.wait(0.1)
         if self.deleting or self.live is None:
             raise _eio("requeued I/O on a device being removed")
 
     def _requeue_outside_suspend(self) -> OSError:
         return _eio("target requeued I/O outside a noflush suspend")
-
-    def _open_gate(self) -> None:
-        with self._io_cond:
-            self._blocked = False
-            self._io_cond.notify_all()
 
     # The table's io_map is read only inside the gate, so it is the map of the table the
     # request runs under. A request within one direct_io extent is one syscall here (code:
@@ -221,8 +189,8 @@ class MappedDevice:
     def read(self, offset: int, buf: memoryview) -> None:
         inflight = self._inflight
         inflight.append(None)
-        if self._blocked:
-            self._gate_wait()
+        if self._gate.blocked:
+            self._gate.wait()
         try:
             n = len(buf)
             if offset >= 0:
@@ -246,16 +214,16 @@ class MappedDevice:
                 raise self._requeue_outside_suspend() from None
         finally:
             inflight.pop()
-            if self._blocked:
-                self._gate_notify()
+            if self._gate.blocked:
+                self._gate.notify()
         self._await_requeue()
         self.read(offset, buf)
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
         inflight = self._inflight
         inflight.append(None)
-        if self._blocked:
-            self._gate_wait()
+        if self._gate.blocked:
+            self._gate.wait()
         try:
             if self.read_only:
                 raise OSError(errno.EPERM, "device is read-only")
@@ -276,8 +244,8 @@ class MappedDevice:
                 raise self._requeue_outside_suspend() from None
         finally:
             inflight.pop()
-            if self._blocked:
-                self._gate_notify()
+            if self._gate.blocked:
+                self._gate.notify()
         self._await_requeue()
         self.write(offset, data, fua)
 
@@ -314,8 +282,8 @@ class MappedDevice:
 
     def _enter(self) -> Table:
         self._inflight.append(None)
-        if self._blocked:
-            self._gate_wait()
+        if self._gate.blocked:
+            self._gate.wait()
         table = self.live
         if table is None:
             self._leave()
@@ -324,8 +292,8 @@ class MappedDevice:
 
     def _leave(self) -> None:
         self._inflight.pop()
-        if self._blocked:
-            self._gate_notify()
+        if self._gate.blocked:
+            self._gate.notify()
 
     @staticmethod
     def _no_table(*_args: object) -> None:

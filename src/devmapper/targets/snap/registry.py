@@ -19,6 +19,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from devmapper.io_gate import Gate
 from devmapper.targets.base import TargetError
 
 if TYPE_CHECKING:
@@ -53,62 +54,6 @@ def path_key(path: str) -> object | None:
     if stat.S_ISREG(st.st_mode):
         return ("file", st.st_dev, st.st_ino)
     return None
-
-
-class Gate:
-    """Origin writes in flight on one device; closing waits for them to drain.
-
-    Stands in for dm_internal_suspend_fast(origin_md), which snapshot_resume uses so that no
-    origin write is half-way through an exception while tables are handed over. It is the
-    engine's own gate handshake (see mapped_device.py): a write appends itself to
-    ``inflight`` and then checks ``blocked``; close sets ``blocked`` and then waits for the
-    list to empty. Under the GIL either side sees the other, at two list operations a write.
-    """
-
-    def __init__(self) -> None:
-        self.inflight: list[None] = []
-        self.blocked = False
-        self._cond = threading.Condition(threading.Lock())
-        self._closer = threading.Lock()  # one close at a time, held until open
-
-    def wait(self) -> None:
-        """Called by a write that found the gate closed after entering: back out, wait."""
-        inflight = self.inflight
-        while self.blocked:
-            inflight.pop()
-            self.notify()
-            with self._cond:
-                while self.blocked:
-                    self._cond.wait()
-            inflight.append(None)
-
-    def notify(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def enter(self) -> None:
-        self.inflight.append(None)
-        if self.blocked:
-            self.wait()
-
-    def exit(self) -> None:
-        self.inflight.pop()
-        if self.blocked:
-            self.notify()
-
-    def close(self) -> None:
-        self._closer.acquire()
-        with self._cond:
-            self.blocked = True
-            while self.inflight:
-                # A write leaving wakes us; the timeout covers one that left in between.
-                self._cond.wait(0.05)
-
-    def open(self) -> None:
-        with self._cond:
-            self.blocked = False
-            self._cond.notify_all()
-        self._closer.release()
 
 
 class OriginEntry:
