@@ -242,8 +242,8 @@ class MirrorTarget(Target):
         if raise_event:
             self._event()
 
-    def _flush_legs_for_log(self) -> bool:
-        """mirror_flush, the disk log's flush callback: legs durable before clean marks."""
+    def _flush_legs(self, error: int) -> bool:
+        """Flush every leg; the ones that fail are failed with ``error``."""
         failed = []
         for leg in self.legs:
             try:
@@ -251,8 +251,12 @@ class MirrorTarget(Target):
             except OSError:
                 failed.append(leg)
         if failed:
-            self._fail_legs(failed, FLUSH_ERROR)
+            self._fail_legs(failed, error)
         return not failed
+
+    def _flush_legs_for_log(self) -> bool:
+        """mirror_flush, the disk log's flush callback: legs durable before clean marks."""
+        return self._flush_legs(FLUSH_ERROR)
 
     # ---- the region hash (callers hold self._cond)
     def _region(self, r: int) -> Region:
@@ -409,14 +413,7 @@ class MirrorTarget(Target):
     def flush(self) -> None:
         if self._persistent and self.log.flush() < 0:
             self.log_failure = True
-        failed = []
-        for leg in self.legs:
-            try:
-                leg.dev.flush()
-            except OSError:
-                failed.append(leg)
-        if failed:
-            self._fail_legs(failed, WRITE_ERROR)  # flush bios fail like writes
+        if not self._flush_legs(WRITE_ERROR):  # flush bios fail like writes
             self._write_failed(None)
 
     def discard(self, offset: int, length: int) -> None:

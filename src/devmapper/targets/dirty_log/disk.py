@@ -141,17 +141,22 @@ class DiskLog(CoreLog):
             self.nr_regions = self.region_count
             HEADER.pack_into(self.buf, 0, self.magic, self.version, self.nr_regions)
             image = bytes(self.buf)
+        return self._write_log(image, flush=True)
+
+    def _write_log(self, image: bytes, flush: bool) -> int:
+        """rw_header + the log device's flush: 0, or -EIO with the device failed."""
         try:
             self.dev.write(0, memoryview(image))
         except OSError:
             self._fail_device()
             return -5
-        try:
-            self.dev.flush()
-        except OSError:
-            self.log_dev_flush_failed = True
-            self._fail_device()
-            return -5
+        if flush:
+            try:
+                self.dev.flush()
+            except OSError:
+                self.log_dev_flush_failed = True
+                self._fail_device()
+                return -5
         return 0
 
     def postsuspend(self) -> int:
@@ -183,18 +188,9 @@ class DiskLog(CoreLog):
                     self.clean_bits[:] = bytes(self.bitset_size)
                     self.touched_dirtied = dirtied = True
                     image = bytes(self.buf)
-            try:
-                self.dev.write(0, memoryview(image))
-            except OSError:
-                self._fail_device()
+            if self._write_log(image, flush=dirtied) < 0:
                 return -5
             if dirtied:
-                try:
-                    self.dev.flush()
-                except OSError:
-                    self.log_dev_flush_failed = True
-                    self._fail_device()
-                    return -5
                 with self.lock:
                     if self.gen == gen:
                         self.touched_dirtied = False
