@@ -234,7 +234,8 @@ class RawFuseServer:
                 me[0] = 1
                 me[1] = seq
                 # A READ of an attached device inline: the one request type worth the lines.
-                opcode, unique, nodeid, offset, size, _ = unpack(head)
+                req = unpack(head)
+                opcode, unique, nodeid, offset, size, _ = req
                 vol = by_ino.get(nodeid) if opcode == _READ else None
                 if vol is not None:
                     backend = vol.backend
@@ -244,7 +245,7 @@ class RawFuseServer:
                         try:
                             backend.read(offset, out)
                         except Exception:  # the general path answers with the errno or EIO
-                            self._handle(fd, head, dmv, n)
+                            self._handle(fd, head, dmv, n, req)
                         else:
                             try:
                                 writev(fd, (pack_out(16 + size, 0, unique), out))
@@ -252,9 +253,9 @@ class RawFuseServer:
                                 if e.errno not in (errno.ENOENT, *_GONE):
                                     raise
                     else:
-                        self._handle(fd, head, dmv, n)
+                        self._handle(fd, head, dmv, n, req)
                 else:
-                    self._handle(fd, head, dmv, n)
+                    self._handle(fd, head, dmv, n, req)
                 if self._surplus and self._leave():
                     return
         finally:
@@ -331,8 +332,11 @@ class RawFuseServer:
             if e.errno not in (errno.ENOENT, *_GONE):
                 raise
 
-    def _handle(self, fd: int, head: bytearray, dmv: memoryview, n: int) -> None:
-        opcode, unique, nodeid, offset, size, flags = _REQ.unpack_from(head)
+    def _handle(
+        self, fd: int, head: bytearray, dmv: memoryview, n: int, req: tuple[int, ...]
+    ) -> None:
+        """Any request, `req` being its _REQ unpacking."""
+        opcode, unique, nodeid, offset, size, flags = req
         try:
             if opcode == _READ:
                 self._read(fd, unique, nodeid, offset, size, dmv)
