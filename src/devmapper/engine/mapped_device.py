@@ -11,7 +11,7 @@ import errno
 import os
 import threading
 from array import array
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from devmapper.io_gate import Gate
 from devmapper.targets.base import SECTOR_SHIFT, Requeue
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from devmapper.engine.table import Table
 
 
+_T = TypeVar("_T")
 _preadv = os.preadv
 _pwritev = os.pwritev
 
@@ -248,6 +249,33 @@ class MappedDevice:
                 self._gate.notify()
         self._await_requeue()
         self.write(offset, data, fua)
+
+    def direct(self, offset: int, size: int, fn: Callable[[int, int], _T]) -> _T | None:
+        """``fn(fd, position)`` inside the gate when bytes [offset, offset + size) are one
+        direct extent (bytes position.. of descriptor fd), so a caller may move them with
+        copy_file_range or splice; None when they are not (another target, two extents,
+        out of bounds): the caller then uses read()."""
+        inflight = self._inflight
+        inflight.append(None)
+        if self._gate.blocked:
+            self._gate.wait()
+        try:
+            if offset < 0 or size <= 0:
+                return None
+            io_map = self._map
+            i = offset >> self._shift << 1
+            try:
+                end = io_map[i]
+            except IndexError:
+                return None
+            if offset + size > end:
+                return None
+            code = io_map[i + 1]
+            return fn(self._fds[code & 511], offset + (code & -512))
+        finally:
+            inflight.pop()
+            if self._gate.blocked:
+                self._gate.notify()
 
     def flush(self) -> None:
         table = self._enter()
