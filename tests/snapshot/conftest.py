@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from snaphelpers import fast_dir, make_file, random_bytes  # noqa: E402
+from snaphelpers import (  # noqa: E402
+    COW_SIZE,
+    ORIGIN_SIZE,
+    Env,
+    fast_dir,
+    make_file,
+    random_bytes,
+)
 
 from devmapper.library import DeviceMapper  # noqa: E402
-
-
-@dataclass
-class Env:
-    dm: DeviceMapper
-    dir: Path
-    origin: Path
-    cow: Path
-    origin_data: bytes
-
-    def file(self, name: str, size: int, data: bytes | None = None) -> Path:
-        return make_file(self.dir / name, size, data)
-
-
-ORIGIN_SIZE = 1 << 20  # 2048 sectors
-COW_SIZE = 1 << 20
 
 
 @pytest.fixture

@@ -8,11 +8,28 @@ import random
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from devmapper.library import DeviceMapper
 
 SECTOR = 512
+
+
+@dataclass
+class Env:
+    dm: DeviceMapper
+    dir: Path
+    origin: Path
+    cow: Path
+    origin_data: bytes
+
+    def file(self, name: str, size: int, data: bytes | None = None) -> Path:
+        return make_file(self.dir / name, size, data)
+
+
+ORIGIN_SIZE = 1 << 20  # 2048 sectors: the env fixture's origin
+COW_SIZE = 1 << 20
 
 
 def fast_dir() -> Path:

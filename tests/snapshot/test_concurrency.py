@@ -7,8 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from conftest import Env
-from snaphelpers import add_snapshot, lvm_layout, status_of
+from snaphelpers import Env, add_snapshot, lvm_layout, status_of
 
 SECTORS = 1024  # 512 KiB of the 1 MiB origin: 128 chunks of 4 KiB
 CHUNK = 4096

@@ -5,8 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from conftest import Env
-from snaphelpers import lvm_layout, status_of
+from snaphelpers import Env, lvm_layout, status_of
 
 SECTORS = 2048
 CHUNK = 4096

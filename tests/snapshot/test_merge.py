@@ -7,8 +7,7 @@ import re
 import threading
 import time
 
-from conftest import Env
-from snaphelpers import add_snapshot, lvm_layout, status_of, table_of
+from snaphelpers import Env, add_snapshot, lvm_layout, status_of, table_of
 
 SECTORS = 2048
 CHUNK = 4096

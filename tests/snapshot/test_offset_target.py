@@ -4,8 +4,7 @@ origin's bytes at the same device offset."""
 
 from __future__ import annotations
 
-from conftest import ORIGIN_SIZE, Env
-from snaphelpers import dev_of
+from snaphelpers import ORIGIN_SIZE, Env, dev_of
 
 SECTORS = ORIGIN_SIZE // 512
 HALF = SECTORS // 2

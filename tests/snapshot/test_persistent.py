@@ -11,8 +11,7 @@ import os
 import struct
 
 import pytest
-from conftest import Env
-from snaphelpers import lvm_layout, status_of
+from snaphelpers import Env, lvm_layout, status_of
 
 from devmapper.targets.snap.core import _COPYING_FS, _fs_type
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from conftest import Env
-from snaphelpers import add_snapshot, dev_of, lvm_layout, status_of
+from snaphelpers import Env, add_snapshot, dev_of, lvm_layout, status_of
 
 from devmapper.library import DMError
 

@@ -7,8 +7,7 @@ import logging
 import struct
 
 import pytest
-from conftest import Env
-from snaphelpers import dev_of, lvm_layout, status_of, table_of
+from snaphelpers import Env, dev_of, lvm_layout, status_of, table_of
 
 from devmapper.library import DMError
 
