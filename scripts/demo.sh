@@ -4,6 +4,8 @@
 # "base-real", its snapshot-origin "base"), puts ext4 on it, takes a consistent snapshot
 # of the mounted filesystem (suspend freezes it), shows both, checks them, cleans up.
 set -euo pipefail
+# Devices, loops and mounts need root: as another user, run again under sudo.
+[ "$(id -u)" = 0 ] || exec sudo bash "$0" "$@"
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 DMSETUP=(python3 -m devmapper.cli.dmsetup)
