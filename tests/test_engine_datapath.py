@@ -291,3 +291,63 @@ def test_large_table_io_map(dm: DeviceMapper, backing: Callable[..., str]) -> No
         dev.read_into(7 * 4096 + 2048, memoryview(back))
         assert back[:2048] == read_file(f, order[7] * 4096 + 2048, 2048)
         assert back[2048:] == read_file(f, order[8] * 4096, 2048)
+
+
+def test_direct_hands_out_one_extent_inside_the_gate(engine: Engine, dm: DeviceMapper,
+                                                      backing: Callable[..., str]) -> None:
+    """MappedDevice.direct: fn(fd, position) for bytes that are one direct extent, run inside
+    the I/O gate (a suspend waits for it, and it waits for the resume); None otherwise."""
+    import threading
+
+    data = os.urandom(1 << 20)
+    f, g = backing(1 << 20), backing(1 << 20)
+    with open(f, "wb") as out:
+        out.write(data)
+    # [0, 256): f at 0, [256, 512): f at 256 (contiguous: one extent with the first),
+    # [512, 768): g at 1024 sectors in, [768, 776): zero.
+    dm.create("d", f"0 256 linear {f} 0\n256 256 linear {f} 256\n"
+                   f"512 256 linear {g} 1024\n768 8 zero")
+    md = engine.by_name["d"]
+
+    def peek(n: int) -> Callable[[int, int], tuple[bytes, int]]:
+        return lambda fd, pos: (os.pread(fd, n, pos), pos)
+
+    assert md.direct(0, 256 * SECTOR, peek(256 * SECTOR)) == (data[:256 * SECTOR], 0)
+    at = 100 * SECTOR + 7  # any byte offset; across the merged boundary at sector 256
+    assert md.direct(at, 300 * SECTOR, peek(300 * SECTOR)) == (
+        data[at:at + 300 * SECTOR], at)
+    assert md.direct(600 * SECTOR, 8, lambda fd, pos: pos) == 1024 * SECTOR + 88 * SECTOR
+    for off, n in [(500 * SECTOR, 24 * SECTOR),  # two extents
+                   (768 * SECTOR, 512), (700 * SECTOR, 100 * SECTOR),  # the zero target
+                   (776 * SECTOR - 10, 20), (776 * SECTOR, 1), (1 << 40, 1),  # past the end
+                   (-512, 512), (0, 0)]:
+        assert md.direct(off, n, lambda fd, pos: "called") is None, (off, n)
+
+    # Inside the gate: a suspend waits for fn to return ...
+    in_fn, release = threading.Event(), threading.Event()
+
+    def slow(fd: int, pos: int) -> str:
+        in_fn.set()
+        release.wait(10)
+        return "done"
+
+    results: list[object] = []
+    t = threading.Thread(target=lambda: results.append(md.direct(0, 4096, slow)))
+    t.start()
+    assert in_fn.wait(10)
+    s = threading.Thread(target=dm.suspend, args=("d",))
+    s.start()
+    s.join(0.3)
+    assert s.is_alive(), "suspend finished while fn ran inside the gate"
+    release.set()
+    s.join(10)
+    t.join(10)
+    assert results == ["done"] and dm.info("d").suspended
+    # ... and a direct() of a suspended device waits for the resume.
+    t = threading.Thread(target=lambda: results.append(md.direct(0, 4096, lambda fd, p: p)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive(), "direct() ran fn on a suspended device"
+    dm.resume("d")
+    t.join(10)
+    assert results == ["done", 0]
