@@ -27,7 +27,7 @@ _ZEROES = bytes(1 << 20)
 
 
 def _import_mfusepy() -> Any:
-    import mfusepy  # type: ignore[import-untyped]  # optional: only this server needs it
+    import mfusepy  # type: ignore[import-untyped,import-not-found,unused-ignore]  # optional
 
     return mfusepy
 
