@@ -87,28 +87,11 @@ def test_fio_verify_during_suspend_resume(served: Served) -> None:
     with served.dm() as dm:
         dm.create("fio", f"0 {sectors(64 * MiB)} linear {a} 0")
         node = served.node("fio")
-        stop = threading.Event()
-        cycles = [0]
-
-        def flapper() -> None:
-            with served.dm() as ctl:
-                while not stop.is_set():
-                    ctl.suspend("fio", noflush=cycles[0] % 2 == 1)
-                    stop.wait(0.05)
-                    ctl.resume("fio")
-                    cycles[0] += 1
-                    stop.wait(0.05)
-
-        t = threading.Thread(target=flapper)
-        t.start()
-        try:
+        with served.suspend_resume_cycles("fio") as cycles:
             r = run("fio", "--name=verify", f"--filename={node}", "--rw=randwrite", "--bs=4k",
                     "--size=16M", "--direct=1", "--ioengine=libaio", "--iodepth=8",
                     "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
                     "--verify_state_save=0", check=False)
-        finally:
-            stop.set()
-            t.join(30)
         assert r.returncode == 0, r.stdout + r.stderr
         assert cycles[0] > 3
 

@@ -5,7 +5,6 @@ while the device is suspended and resumed under it."""
 from __future__ import annotations
 
 import subprocess
-import threading
 
 from blockdevlib import Served, run
 
@@ -20,22 +19,8 @@ def test_fio_verify_large_blocks_across_two_targets(served: Served) -> None:
     with served.dm() as dm:
         dm.create("sp", f"0 {half} linear {a} 0\n{half} {half} linear {b} {8 * MiB // 512}")
         node = served.node("sp")
-        stop = threading.Event()
-        cycles = [0]
-
-        def flapper() -> None:
-            with served.dm() as ctl:
-                while not stop.is_set():
-                    ctl.suspend("sp", noflush=cycles[0] % 2 == 1)
-                    stop.wait(0.05)
-                    ctl.resume("sp")
-                    cycles[0] += 1
-                    stop.wait(0.1)
-
-        t = threading.Thread(target=flapper)
-        t.start()
         results = []
-        try:
+        with served.suspend_resume_cycles("sp", pause=0.1) as cycles:
             # Blocks shifted off page alignment (so a splice takes an extra page) and across
             # the boundary at 24 MiB now and then; one block size a run, so fio's random map
             # writes each block once and verify checks each.
@@ -45,9 +30,6 @@ def test_fio_verify_large_blocks_across_two_targets(served: Served) -> None:
                     f"--bs={bs}", f"--offset={shift}", "--size=46M", "--direct=1",
                     "--ioengine=libaio", "--iodepth=4", "--verify=crc32c", "--verify_fatal=1",
                     "--do_verify=1", "--verify_state_save=0", "--loops=8", check=False))
-        finally:
-            stop.set()
-            t.join(30)
         for r in results:
             assert r.returncode == 0, r.stdout + r.stderr
         assert cycles[0] > 3
