@@ -17,6 +17,7 @@ Run (root): python bench/bench_snapshot_blockdev.py [--rounds 3] [--kernel | --b
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -104,7 +105,7 @@ def kernel(n: int) -> float:
         g.run("modprobe dm-snapshot")
 
         def run(script: str) -> tuple[int, str, str]:
-            res = g.run(f"bash -c {_quote(script)}", timeout=600,
+            res = g.run(f"bash -c {shlex.quote(script)}", timeout=600,
                         env={"DMSETUP": "dmsetup", "DM_DEV_DIR": "/dev"})
             return res.rc, res.out.decode(), res.err.decode()
 
@@ -126,9 +127,6 @@ def main(argv: list[str]) -> int:
         print(f"P8 through block devices, {who}, median over rounds: {ratio:.3f}")
     return 0
 
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
 
 
 if __name__ == "__main__":

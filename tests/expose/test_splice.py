@@ -18,6 +18,7 @@ from devmapper.expose import Exposer
 from devmapper.expose.engine_hooks import EngineExposure
 from devmapper.expose.filebackend import FileBackend
 from devmapper.library import DeviceMapper
+from tests.conftest import read_file as pread  # reads of the FUSE file: any byte offset
 
 from .helpers import run
 
@@ -97,15 +98,6 @@ def answered(ex: Exposer, path: str, offset: int, size: int) -> bytes:
         t.join(10)
         pytest.fail(f"read {offset}+{size} was never answered")
     return got[0]
-
-
-def pread(path: str, offset: int, size: int) -> bytes:
-    """A read of the FUSE file itself: any byte offset reaches the server as it is."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
 
 
 def dwrite(path: str, offset: int, data: bytes) -> None:
