@@ -8,7 +8,8 @@ Both sides cache the backing file alike: the baseline loop is attached plainly (
 default, buffered backing I/O), as the engine reads and writes the file with preadv/pwritev.
 
 Each job runs `--rounds` times, loop and ours interleaved; the ratio printed is the median
-of the per-round ratios (the machine's load moves both sides of a round alike).
+of the per-round ratios (the machine's load moves both sides of a round alike). Every fio
+run starts after a sync, so no job times the writeback of an earlier one's dirty pages.
 
 Run (root): python bench/bench_blockdev.py [--size-mb 512] [--runtime 5] [--rounds 3]
 """
@@ -72,7 +73,9 @@ def main() -> None:
         for name, (rw, bs, depth) in JOBS.items():
             rounds = []
             for _ in range(args.rounds):
+                os.sync()  # the write jobs' dirty pages are not written back in our time
                 base = fio(loop, rw, bs, depth, args.runtime, args.size_mb)
+                os.sync()
                 ours = fio(node, rw, bs, depth, args.runtime, args.size_mb)
                 rounds.append((ours / base, base, ours))
             ratio, base, ours = sorted(rounds)[len(rounds) // 2]
