@@ -281,6 +281,40 @@ def test_status_and_table_lines(dm: DeviceMapper, backing: Callable[..., str]) -
                               TargetSpec(64, 8, "zero", ""), TargetSpec(72, 8, "error", "")]
 
 
+def test_striped_counts_errors_per_device_as_stripe_end_io(
+        dm: DeviceMapper, backing: Callable[..., str]) -> None:
+    """A failed request marks its stripe D and raises an event; every stripe on the same
+    device counts it (the kernel matches by device name); events stop once a stripe has
+    seen DM_IO_ERROR_THRESHOLD (15) errors, the status keeps counting."""
+    f = backing(1 << 20)
+    bad = dm.create("bad", "0 2048 error")
+    b = f"{bad.major}:{bad.minor}"
+    dm.create("s", f"0 64 striped 2 16 {f} 0 {b} 0")
+    dm.create("t", f"0 64 striped 2 16 {b} 0 {b} 512")
+    buf = memoryview(bytearray(4096))
+    with dm.open("s") as s, dm.open("t") as t:
+        s.read_into(0, buf)  # stripe 0: the file
+        assert dm.status("s")[0].params == f"2 {f} {b} 1 AA"
+        for offset in (16 * 512, 16 * 512 + 4096 - 512):  # one chunk; its last sector
+            with pytest.raises(OSError) as e:
+                s.read_into(offset, buf[:512])
+            assert e.value.errno == errno.EIO
+        assert dm.status("s")[0].params == f"2 {f} {b} 1 AD"
+        assert dm.info("s").event_nr == 2
+        with pytest.raises(OSError):
+            t.read_into(0, buf)  # stripe 0, and stripe 1 is on the same device
+        assert dm.status("t")[0].params == f"2 {b} {b} 1 DD"
+        assert dm.info("t").event_nr == 1
+        for _ in range(20):
+            with pytest.raises(OSError):
+                t.read_into(16 * 512, buf)
+        assert dm.info("t").event_nr == 14  # counts 1..14 raise one; 15 on do not
+        assert dm.status("t")[0].params == f"2 {b} {b} 1 DD"
+        with pytest.raises(OSError):  # a request spanning both stripes: the same rules
+            s.write(8 * 512, memoryview(bytes(16 * 512)))
+        assert dm.info("s").event_nr == 3
+
+
 def test_stacked_device_prints_major_minor_and_deps(dm: DeviceMapper) -> None:
     a = dm.create("a", "0 64 zero")
     b = dm.create("b", "0 64 zero")

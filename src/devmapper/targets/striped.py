@@ -7,6 +7,7 @@ as stripe_map_sector lays it out, so the bytes on the underlying devices match t
 from __future__ import annotations
 
 import errno
+import threading
 from typing import TYPE_CHECKING
 
 from devmapper.targets.base import (
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from devmapper.targets.base import TargetContext, Underlying
+
+DM_IO_ERROR_THRESHOLD = 15  # errors a stripe reports by events; past it, only its status
 
 
 class StripedTarget(Target):
@@ -59,6 +62,7 @@ class StripedTarget(Target):
                 raise TargetError("Couldn't parse stripe destination", e.errno or errno.EINVAL)
             self.starts.append(start)
         self.errors = [0] * stripes
+        self._errors_lock = threading.Lock()
         self._chunk_bytes = chunk << SECTOR_SHIFT
         self._bases = [s << SECTOR_SHIFT for s in self.starts]
 
@@ -84,17 +88,52 @@ class StripedTarget(Target):
             pos += n
 
     def _io_error(self, stripe: int, e: OSError) -> None:
-        # stripe_end_io: count errors (not for unsupported ops) and raise a table event.
+        """stripe_end_io: the error counts for every stripe on the failing device (the
+        kernel matches stripes by device name), and raises a table event while one of
+        those counts is below DM_IO_ERROR_THRESHOLD. Unsupported operations count not."""
         if e.errno in (errno.EOPNOTSUPP, errno.EROFS):
             return
-        self.errors[stripe] += 1
-        self.ctx.event()
+        failed = self.devs[stripe].name
+        with self._errors_lock:
+            event = False
+            for i, dev in enumerate(self.devs):
+                if dev.name == failed:
+                    self.errors[i] += 1
+                    event = event or self.errors[i] < DM_IO_ERROR_THRESHOLD
+        if event:  # one trigger_event work, however many stripes it counted for
+            self.ctx.event()
+
+    def _one_chunk(self, offset: int, n: int) -> tuple[int, int]:
+        """(stripe, byte offset on its device) when [offset, offset + n) lies in one chunk,
+        as nearly every request does; (-1, 0) when it spans chunks."""
+        cb = self._chunk_bytes
+        chunk, within = divmod(offset, cb)
+        if within + n > cb:
+            return -1, 0
+        row, stripe = divmod(chunk, self.stripes)
+        return stripe, self._bases[stripe] + row * cb + within
 
     def read(self, offset: int, buf: memoryview) -> None:
-        self._each_chunk(offset, buf, lambda dev, off, part: dev.read(off, part))
+        stripe, dev_off = self._one_chunk(offset, len(buf))
+        if stripe < 0:
+            self._each_chunk(offset, buf, lambda dev, off, part: dev.read(off, part))
+            return
+        try:
+            self.devs[stripe].read(dev_off, buf)
+        except OSError as e:
+            self._io_error(stripe, e)
+            raise
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
-        self._each_chunk(offset, data, lambda dev, off, part: dev.write(off, part, fua))
+        stripe, dev_off = self._one_chunk(offset, len(data))
+        if stripe < 0:
+            self._each_chunk(offset, data, lambda dev, off, part: dev.write(off, part, fua))
+            return
+        try:
+            self.devs[stripe].write(dev_off, data, fua)
+        except OSError as e:
+            self._io_error(stripe, e)
+            raise
 
     def discard(self, offset: int, length: int) -> None:
         end = offset + length

@@ -6,7 +6,19 @@ reads it all back, and the sha256 of every backing file proves the layout byte f
 
 from __future__ import annotations
 
-from scenarios import Op, Scenario, create, deps, read, state, table, write
+from scenarios import (
+    Op,
+    Scenario,
+    create,
+    deps,
+    read,
+    remove,
+    state,
+    status,
+    table,
+    wait_event,
+    write,
+)
 
 LABELS = "ABCDEFGH"
 
@@ -62,6 +74,24 @@ SCENARIOS = [
         write("s", 250, 120, seed=79),
         write("s", 350, 40, seed=80),
         read("s", 0, 740),
+    ]),
+    Scenario("striped-io-errors", {"A": 1024}, [
+        # stripe_end_io: a failed request marks its stripe D and raises one event; every
+        # stripe on the failing device counts it (matched by device name).
+        create("bad", "0 2048 error"),
+        create("s", "0 64 striped 2 16 {A} 0 {dm:bad} 0"),
+        create("t", "0 64 striped 2 16 {dm:bad} 0 {dm:bad} 512"),
+        read("s", 0, 16),
+        status("s"),
+        read("s", 16, 8),
+        wait_event("s", 1),
+        status("s"),
+        read("t", 0, 8),
+        wait_event("t", 1),
+        status("t"),
+        remove("s"),
+        remove("t"),
+        remove("bad"),
     ]),
     Scenario("striped-errors", {"A": 1024, "B": 1024}, [
         create("e", "0 15 striped 2 8 {A} 0 {B} 0"),  # length not divisible by #stripes
