@@ -153,6 +153,9 @@ class HoldingTarget(ZeroTarget):
     def discard(self, offset: int, length: int) -> None:
         self._hold()
 
+    def takes_discards(self) -> bool:
+        return True
+
 
 @pytest.mark.parametrize("op", ["read", "write", "flush", "discard"])
 def test_requeue_reissues_to_the_next_table(dm: DeviceMapper, backing: Callable[..., str],

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import time
 import traceback
@@ -143,9 +144,13 @@ def _loop_node(index: int, node_dir: Path) -> str:
 # ---------------------------------------------------------------- I/O on mapped devices
 
 
+BLKDISCARD = 0x1277  # _IO(0x12, 119)
+
+
 class Handle(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
     def write(self, offset: int, data: bytes) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -173,6 +178,9 @@ class KernelHandle:
         finally:
             buf.close()
 
+    def discard(self, offset: int, length: int) -> None:
+        fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -199,6 +207,9 @@ class EngineHandle:
 
     def write(self, offset: int, data: bytes) -> None:
         self.block.write(offset, memoryview(data))
+
+    def discard(self, offset: int, length: int) -> None:
+        self.block.discard(offset, length)
 
     def close(self) -> None:
         self.block.close()
@@ -310,7 +321,7 @@ class Runner:
             return "ok"
         if kind == "message":
             return dm.message(name, op["sector"], self.subst(op["text"]))
-        if kind in ("read", "write"):
+        if kind in ("read", "write", "discard"):
             return self.io(op)
         if kind == "open":
             self.handles[name] = self.opener(dm, name)
@@ -359,6 +370,9 @@ class Runner:
         try:
             if op["op"] == "write":
                 h.write(offset, pattern(op["seed"], length))
+                return "ok"
+            if op["op"] == "discard":
+                h.discard(offset, length)
                 return "ok"
             data = h.read(offset, length)
             return {"sha256": hashlib.sha256(data).hexdigest()[:16], "bytes": len(data),

@@ -89,6 +89,10 @@ class MappedUnderlying:
     def logical_block_size(self) -> int:
         return self.md.logical_block_size
 
+    @property
+    def takes_discards(self) -> bool:
+        return self.md.takes_discards
+
 
 class ControlSession:
     """Per-opener state of the control node: DEV_ARM_POLL's armed event number."""

@@ -76,6 +76,11 @@ class MappedDevice:
         return self._nbytes
 
     @property
+    def takes_discards(self) -> bool:
+        """As an underlying device: whether its live table takes discards."""
+        return self.live.takes_discards if self.live else False
+
+    @property
     def logical_block_size(self) -> int:
         return self.live.logical_block_size() if self.live else 512
 
@@ -291,14 +296,20 @@ class MappedDevice:
         self.flush()
 
     def discard(self, offset: int, length: int) -> None:
+        """BLKDISCARD's checks, in blk_ioctl_discard's and __blkdev_issue_discard's order,
+        then the table's targets."""
         table = self._enter()
         try:
+            if not table.takes_discards:
+                raise OSError(errno.EOPNOTSUPP, "the device does not take discards")
+            if offset < 0 or length < 0 or (offset | length) & 511 \
+                    or offset + length > self._nbytes:
+                raise OSError(errno.EINVAL, "discard not aligned or beyond the device")
             if self.read_only:
                 raise OSError(errno.EPERM, "device is read-only")
-            if offset < 0 or length < 0 or offset + length > self._nbytes:
-                raise _eio("discard beyond the end of the device")
-            if length:
-                table.discard(offset, length)
+            if (offset | length) & (table.logical_block_size() - 1) or not length:
+                raise OSError(errno.EINVAL, "discard not in logical blocks, or empty")
+            table.discard(offset, length)
             return
         except Requeue:
             if not self.noflush_suspending:

@@ -55,6 +55,7 @@ class Table:
         self.io_map = array("q", (-1, 0))
         self.io_shift = 63
         self.io_fds: list[int] = []
+        self.takes_discards = False  # set by complete()
 
     # ---- TargetContext
     @property
@@ -120,6 +121,9 @@ class Table:
 
     def complete(self) -> None:
         self._single = self.targets[0] if len(self.targets) == 1 else None
+        # dm_table_supports_discards: the device takes discards when every target does.
+        self.takes_discards = bool(self.targets) and all(
+            t.takes_discards() for t in self.targets)
         # A two-level index, like the kernel's btree over its array of ends: a small list
         # (every 64th start, cache-hot) narrows the search to 64 entries of the big one.
         self._coarse = self.starts[::_FANOUT]

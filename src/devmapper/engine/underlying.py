@@ -51,7 +51,7 @@ class FdDevice:
     """A block device or regular file read and written with preadv/pwritev."""
 
     __slots__ = ("name", "dev", "path", "fd", "size", "logical_block_size", "read_only",
-                 "is_block", "refs", "key")
+                 "is_block", "refs", "key", "takes_discards")
 
     def __init__(self, key: object, name: str, dev: int, path: str, read_only: bool) -> None:
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
@@ -68,9 +68,11 @@ class FdDevice:
             self.size = struct.unpack("Q", fcntl.ioctl(self.fd, BLKGETSIZE64, bytes(8)))[0]
             self.logical_block_size = struct.unpack(
                 "i", fcntl.ioctl(self.fd, BLKSSZGET, bytes(4)))[0]
+            self.takes_discards = _queue_takes_discards(st.st_rdev)
         else:
             self.size = st.st_size
             self.logical_block_size = 512
+            self.takes_discards = True  # a hole punched, as a loop device over it would
 
     def refresh_size(self) -> int:
         if self.is_block:
@@ -131,6 +133,21 @@ class FdDevice:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _queue_takes_discards(rdev: int) -> bool:
+    """A block device's queue/discard_max_bytes > 0 (bdev_max_discard_sectors)."""
+    try:
+        with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/queue/"
+                  "discard_max_bytes") as f:
+            return int(f.read()) > 0
+    except (OSError, ValueError):  # a partition's queue is its disk's
+        try:
+            with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/../queue/"
+                      "discard_max_bytes") as f:
+                return int(f.read()) > 0
+        except (OSError, ValueError):
+            return False
 
 
 def parse_major_minor(path: str) -> tuple[int, int] | None:

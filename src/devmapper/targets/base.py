@@ -57,6 +57,11 @@ class Underlying(Protocol):
 
     read_only: bool
 
+    @property
+    def takes_discards(self) -> bool:
+        """Whether the device accepts discards (its queue's discard_max_bytes > 0)."""
+        ...
+
     def read(self, offset: int, buf: memoryview) -> None: ...
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None: ...
     def flush(self) -> None: ...
@@ -111,6 +116,17 @@ class Target:
 
     def discard(self, offset: int, length: int) -> None:
         raise OSError(errno.EOPNOTSUPP, "discard not supported")
+
+    def takes_discards(self) -> bool:
+        """dm_table_supports_discards for this target: it sets num_discard_bios and, not
+        setting discards_supported, needs every device it uses to take discards. False
+        by default, as for zero and error (kernel 6.1); a table takes discards only when
+        all its targets do, else BLKDISCARD answers EOPNOTSUPP for the whole device."""
+        return False
+
+    def devices_take_discards(self) -> bool:
+        """device_not_discard_capable over iterate_devices: every device takes discards."""
+        return all(dev.takes_discards for dev in self.devices())
 
     # ---- reporting
     def status(self, kind: StatusType, noflush: bool = False) -> str:

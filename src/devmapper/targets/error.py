@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 from typing import TYPE_CHECKING
 
 from devmapper.targets.base import Target
@@ -20,10 +19,6 @@ class ErrorTarget(Target):
     def __init__(self, ctx: TargetContext, begin: int, length: int, argv: Sequence[str]) -> None:
         # Kernels accept "<dev> <start>" (what a failed linear becomes) and ignore it.
         super().__init__(ctx, begin, length, argv)
-
-    def discard(self, offset: int, length: int) -> None:
-        # Discards fail with EIO rather than EOPNOTSUPP.
-        raise OSError(errno.EIO, "I/O error")
 
     def flush(self) -> None:
         pass

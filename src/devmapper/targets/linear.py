@@ -44,6 +44,9 @@ class LinearTarget(Target):
             return None
         return fd, self._base
 
+    def takes_discards(self) -> bool:
+        return self.devices_take_discards()
+
     def discard(self, offset: int, length: int) -> None:
         self.dev.discard(self._base + offset, length)
 

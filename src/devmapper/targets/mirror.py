@@ -416,6 +416,10 @@ class MirrorTarget(Target):
         if not self._flush_legs(WRITE_ERROR):  # flush bios fail like writes
             self._write_failed(None)
 
+    def takes_discards(self) -> bool:
+        # mirror_ctr sets num_discard_bios; mirror_iterate_devices names the legs only.
+        return all(leg.dev.takes_discards for leg in self.legs)
+
     def discard(self, offset: int, length: int) -> None:
         unsupported = False
         for leg in self.legs:

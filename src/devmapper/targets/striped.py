@@ -135,6 +135,9 @@ class StripedTarget(Target):
             self._io_error(stripe, e)
             raise
 
+    def takes_discards(self) -> bool:
+        return self.devices_take_discards()
+
     def discard(self, offset: int, length: int) -> None:
         end = offset + length
         while offset < end:

@@ -1,4 +1,4 @@
-"""zero: reads return zeros, writes are discarded (dm-zero.c)."""
+"""zero: reads return zeros, writes are dropped, discards not taken (dm-zero.c 1.1.0)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ class ZeroTarget(Target):
         buf[:] = bytes(len(buf))
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
-        pass
-
-    def discard(self, offset: int, length: int) -> None:
         pass
 
     def flush(self) -> None:

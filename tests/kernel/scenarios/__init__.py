@@ -127,6 +127,11 @@ def read(name: str, offset: int, length: int) -> Op:
     return _op("read", name=name, offset=offset, length=length)
 
 
+def discard(name: str, offset: int, length: int) -> Op:
+    """BLKDISCARD `length` sectors at `offset` (the engine: MappedDevice.discard)."""
+    return _op("discard", name=name, offset=offset, length=length)
+
+
 def open_dev(name: str) -> Op:
     """Hold the device open (it counts in open_count) until close_dev."""
     return _op("open", name=name)

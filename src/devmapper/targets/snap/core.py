@@ -503,6 +503,11 @@ class Snapshot(Target):
             line += f" {len(features)} " + " ".join(features)
         return line
 
+    def takes_discards(self) -> bool:
+        # snapshot_ctr (snapshot and snapshot-merge) sets num_discard_bios only with
+        # discard_zeroes_cow; the origin and the COW must then take discards.
+        return self.discard_zeroes_cow and self.devices_take_discards()
+
     def iterate_devices(self) -> list[tuple[Underlying, int, int]]:
         return [(self.origin, 0, self.length),
                 (self.cow, 0, self.cow.size >> SECTOR_SHIFT)]
