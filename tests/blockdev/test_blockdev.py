@@ -110,6 +110,44 @@ def test_error_target_gives_eio_and_zero_reads_zeros(served: Served) -> None:
         os.close(fd)
 
 
+def _discard_layout(served: Served) -> str:
+    """A linear device and a linear + zero one over one file of 0xa5; returns the file."""
+    a = served.file("a.img", 8 * MiB)
+    with open(a, "r+b") as f:
+        f.write(b"\xa5" * (8 * MiB))
+    with served.dm() as dm:
+        dm.create("lin", f"0 {sectors(4 * MiB)} linear {a} 0")
+        dm.create("mixed", f"0 {sectors(2 * MiB)} linear {a} {sectors(4 * MiB)}\n"
+                           f"{sectors(2 * MiB)} {sectors(2 * MiB)} zero")
+    return a
+
+
+def test_blkdiscard_through_the_block_node(served: Served) -> None:
+    """BLKDISCARD on /dev/mapper/NAME (loop -> FUSE fallocate -> engine): a linear device
+    punches the range out of its file; a table with a target that takes no discards (zero,
+    as in kernel 6.1) discards nothing, not even on its linear half."""
+    a = _discard_layout(served)
+    run("blkdiscard", "-o", str(1 * MiB), "-l", str(1 * MiB), served.node("lin"))
+    run("blkdiscard", "-o", "0", "-l", str(1 * MiB), served.node("mixed"), check=False)
+    with open(a, "rb") as f:
+        data = f.read()
+    assert data[:MiB] == b"\xa5" * MiB
+    assert data[MiB:2 * MiB] == bytes(MiB)
+    assert data[2 * MiB:] == b"\xa5" * (6 * MiB)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the kernel's dm device has discard_max_bytes 0 for such a table, so BLKDISCARD fails "
+    "with EOPNOTSUPP; our loop device offers discards over its FUSE file, and "
+    "blkdev_issue_discard turns the engine's EOPNOTSUPP into success (exit 0, nothing "
+    "discarded). Setting the loop's discard_max_bytes to 0 would stick to that loop device "
+    "after we detach it (its discard_granularity drops to 0, and no other value is taken)"))
+def test_blkdiscard_refused_by_a_table_without_discards(served: Served) -> None:
+    _discard_layout(served)
+    r = run("blkdiscard", "-o", "0", "-l", str(1 * MiB), served.node("mixed"), check=False)
+    assert r.returncode != 0 and "not supported" in r.stderr, r.stderr
+
+
 def test_stacking_through_dev_mapper(served: Served) -> None:
     a = served.file("a.img", 8 * MiB)
     with served.dm() as dm:

@@ -136,18 +136,16 @@ class FdDevice:
 
 
 def _queue_takes_discards(rdev: int) -> bool:
-    """A block device's queue/discard_max_bytes > 0 (bdev_max_discard_sectors)."""
-    try:
-        with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/queue/"
-                  "discard_max_bytes") as f:
-            return int(f.read()) > 0
-    except (OSError, ValueError):  # a partition's queue is its disk's
+    """A block device's queue/discard_max_bytes > 0 (bdev_max_discard_sectors); a
+    partition's queue is its disk's, one directory up."""
+    for queue in ("queue", "../queue"):
         try:
-            with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/../queue/"
+            with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/{queue}/"
                       "discard_max_bytes") as f:
                 return int(f.read()) > 0
         except (OSError, ValueError):
-            return False
+            continue
+    return False
 
 
 def parse_major_minor(path: str) -> tuple[int, int] | None:
