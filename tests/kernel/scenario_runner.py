@@ -44,6 +44,7 @@ if str(HERE.parents[1] / "src") not in sys.path:
 
 from scenarios import Scenario, load_all  # noqa: E402
 
+from devmapper.blockio import BLKDISCARD  # noqa: E402
 from devmapper.library import DeviceInfo, DeviceMapper, DMError  # noqa: E402
 from devmapper.uapi import Flag, TargetSpec, flag_names  # noqa: E402
 
@@ -142,9 +143,6 @@ def _loop_node(index: int, node_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- I/O on mapped devices
-
-
-BLKDISCARD = 0x1277  # _IO(0x12, 119)
 
 
 class Handle(Protocol):

@@ -120,9 +120,9 @@ class SnapshotMergeTarget(Snapshot):
         self.cow.flush()
 
     def discard(self, offset: int, length: int) -> None:
-        # Once merging, discards no longer effect change (only offered with the features).
-        if not self.discard_zeroes_cow:
-            raise OSError(errno.EOPNOTSUPP, "discard not supported")
+        # Once merging, discards no longer effect change. They reach us only with
+        # discard_zeroes_cow (takes_discards), as the kernel offers them.
+        pass
 
     # ---- lifecycle
     def presuspend(self, noflush: bool) -> None:
