@@ -13,7 +13,8 @@ import struct
 import pytest
 from snaphelpers import Env, lvm_layout, status_of
 
-from devmapper.targets.snap.core import _COPYING_FS, _fs_type
+from devmapper.fscalls import fs_type
+from devmapper.targets.snap.core import _COPYING_FS
 
 SECTORS = 2048
 CHUNK = 4096
@@ -106,7 +107,7 @@ def test_commit_order(env: Env, monkeypatch: pytest.MonkeyPatch, copy: str) -> N
     if copy == "copy_file_range":
         fd = os.open(env.cow, os.O_RDONLY)
         try:
-            if _fs_type(fd) not in _COPYING_FS:
+            if fs_type(fd) not in _COPYING_FS:
                 pytest.skip("copy_file_range is used only where it copies")
         finally:
             os.close(fd)

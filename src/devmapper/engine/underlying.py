@@ -12,7 +12,6 @@ table_devices: a 100,000-target table over one file holds one descriptor.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -21,6 +20,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING
 
+from devmapper.fscalls import FUSE_SUPER_MAGIC, fs_type, punch_hole
 from devmapper.uapi import encode_dev
 
 if TYPE_CHECKING:
@@ -29,35 +29,38 @@ if TYPE_CHECKING:
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
 BLKDISCARD = 0x1277
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
+BLKROGET = 0x125E
 LOOP_MAJOR = 7
 LOOP_CTL_ADD = 0x4C80
-
-_libc: ctypes.CDLL | None = None
-
-
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+LOOP_GET_STATUS64 = 0x4C05
+# struct loop_info64 starts lo_device, lo_inode, lo_rdevice, lo_offset, lo_sizelimit (u64);
+# it is 232 bytes long.
+_LOOP_INFO64_HEAD = struct.Struct("=5Q")
+_LOOP_INFO64_SIZE = 232
 
 
 class FdDevice:
-    """A block device or regular file read and written with preadv/pwritev."""
+    """A block device or regular file read and written with preadv/pwritev.
 
-    __slots__ = ("name", "dev", "path", "fd", "size", "logical_block_size", "read_only",
-                 "is_block", "refs", "key", "takes_discards")
+    A loop device over a regular file is read and written through that file (``fd`` is
+    the file's, ``node_fd`` the loop's). The kernel's dm hands its bios to the loop driver,
+    which reads and writes the backing file, below the loop's own page cache: going to the
+    file ourselves reaches the same bytes with the same durability (a flush is the loop's
+    vfs_fsync), without a round trip through the loop's queue and worker for every request
+    and its flush. The loop node stays open: it holds the loop device as dm does, and
+    answers for its size, block size and discards.
+    """
+
+    __slots__ = ("name", "dev", "path", "fd", "node_fd", "file_fd", "size",
+                 "logical_block_size", "read_only", "is_block", "refs", "key",
+                 "takes_discards")
 
     def __init__(self, key: object, name: str, dev: int, path: str, read_only: bool) -> None:
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        self.fd = os.open(path, flags)
+        self.fd = self.node_fd = os.open(path, flags)
         st = os.fstat(self.fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
+        self.file_fd: int | None = None if self.is_block else self.fd
         self.key = key
         self.name = name
         self.dev = dev
@@ -69,6 +72,12 @@ class FdDevice:
             self.logical_block_size = struct.unpack(
                 "i", fcntl.ioctl(self.fd, BLKSSZGET, bytes(4)))[0]
             self.takes_discards = _queue_takes_discards(st.st_rdev)
+            # A read-only loop refuses writes (its file is open read-only): through the
+            # file, only a read-only table may go.
+            if os.major(st.st_rdev) == LOOP_MAJOR and (read_only or not _bdev_read_only(self.fd)):
+                backing = open_loop_backing(self.node_fd, os.minor(st.st_rdev), flags)
+                if backing is not None:
+                    self.fd = self.file_fd = backing
         else:
             self.size = st.st_size
             self.logical_block_size = 512
@@ -76,7 +85,7 @@ class FdDevice:
 
     def refresh_size(self) -> int:
         if self.is_block:
-            self.size = struct.unpack("Q", fcntl.ioctl(self.fd, BLKGETSIZE64, bytes(8)))[0]
+            self.size = struct.unpack("Q", fcntl.ioctl(self.node_fd, BLKGETSIZE64, bytes(8)))[0]
         else:
             self.size = os.fstat(self.fd).st_size
         return self.size
@@ -127,12 +136,52 @@ class FdDevice:
 
     def discard(self, offset: int, length: int) -> None:
         if self.is_block:
-            fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+            fcntl.ioctl(self.node_fd, BLKDISCARD, struct.pack("QQ", offset, length))
         else:
-            _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+            punch_hole(self.fd, offset, length)
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd != self.node_fd:
+            os.close(self.fd)
+        os.close(self.node_fd)
+
+
+def open_loop_backing(node_fd: int, minor: int, flags: int) -> int | None:
+    """The backing file of loop device 7:``minor``, opened with ``flags``, when its bytes
+    are the loop's bytes: a regular file, at offset 0, without a size limit, the very file
+    the loop has (same st_dev and inode: the path in sysfs is only the name it had at
+    attach time). None otherwise, and for files on FUSE (our own devices' files are there;
+    their I/O must stay on the engine's own paths)."""
+    try:
+        with open(f"/sys/dev/block/{LOOP_MAJOR}:{minor}/loop/backing_file") as f:
+            path = f.read().rstrip("\n")
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(pfd)
+        if not stat.S_ISREG(st.st_mode) or fs_type(pfd) == FUSE_SUPER_MAGIC:
+            return None
+        info = bytearray(_LOOP_INFO64_SIZE)
+        fcntl.ioctl(node_fd, LOOP_GET_STATUS64, info)
+        lo_device, lo_inode, _, lo_offset, lo_sizelimit = _LOOP_INFO64_HEAD.unpack_from(info)
+        if (lo_offset, lo_sizelimit, lo_inode) != (0, 0, st.st_ino) \
+                or _huge_decode_dev(lo_device) != (os.major(st.st_dev), os.minor(st.st_dev)):
+            return None
+        return os.open(f"/proc/self/fd/{pfd}", flags)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+def _bdev_read_only(fd: int) -> bool:
+    return struct.unpack("i", fcntl.ioctl(fd, BLKROGET, bytes(4)))[0] != 0
+
+
+def _huge_decode_dev(dev: int) -> tuple[int, int]:
+    """The kernel's huge_decode_dev (new_decode_dev): major, minor."""
+    return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
 
 
 def _queue_takes_discards(rdev: int) -> bool:

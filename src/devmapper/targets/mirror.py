@@ -68,9 +68,8 @@ class Leg:
         self.error_count = 0
         self.error_type = 0
         # A regular file's descriptor lets recovery use copy_file_range.
-        fd = getattr(dev, "fd", None)
-        self.fd: int | None = fd if isinstance(fd, int) and not getattr(dev, "is_block", True) \
-            else None
+        fd = getattr(dev, "file_fd", None)
+        self.fd: int | None = fd if isinstance(fd, int) else None
 
     def status_char(self) -> str:
         if not self.error_count:

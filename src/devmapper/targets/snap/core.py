@@ -14,13 +14,13 @@ start), so chunk numbers and origin offsets count from the start of the mapped d
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
+from devmapper.fscalls import fs_type
 from devmapper.targets.base import SECTOR_SHIFT, StatusType, Target, TargetError
 from devmapper.targets.snap.registry import device_key, path_key, registry_for
 from devmapper.targets.snap.store import StoreError, create_store
@@ -45,28 +45,14 @@ _CFR_UNSUPPORTED = frozenset((errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOP
 # File systems whose copy_file_range copies (does not share extents): a reflinked chunk
 # would make the next origin write relocate that block, fragmenting the origin file.
 _COPYING_FS = frozenset((0xEF53, 0x01021994))  # ext2/3/4, tmpfs
-_libc: ctypes.CDLL | None = None
-
-
-def _fs_type(fd: int) -> int | None:
-    """fstatfs(fd).f_type (Python has no os.fstatfs), None if it fails."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first word
-    if _libc.fstatfs(fd, buf) != 0:
-        return None
-    return int(ctypes.c_long.from_buffer(buf).value)
 
 
 def _file_fd(dev: object) -> int | None:
-    """The descriptor of a regular file opened as a device (FdDevice), else None: mapped
-    devices are entered through their read/write (their I/O gate), and copy_file_range
-    does not take block devices."""
-    fd = getattr(dev, "fd", None)
-    if not isinstance(fd, int) or getattr(dev, "is_block", True):
-        return None
-    return fd
+    """The descriptor of the regular file a device's I/O goes to (FdDevice.file_fd), else
+    None: mapped devices are entered through their read/write (their I/O gate), and
+    copy_file_range does not take block devices."""
+    fd = getattr(dev, "file_fd", None)
+    return fd if isinstance(fd, int) else None
 
 
 class Waiters:
@@ -318,7 +304,7 @@ class Snapshot(Target):
 
         pwritev, copy_file_range = os.pwritev, os.copy_file_range
         both_files = origin_fd is not None and cow_fd is not None \
-            and _fs_type(origin_fd) in _COPYING_FS and _fs_type(cow_fd) in _COPYING_FS
+            and fs_type(origin_fd) in _COPYING_FS and fs_type(cow_fd) in _COPYING_FS
         self._copy = copy_cfr if both_files else copy_buffered
 
     def _copy_done(self, pe: Pending, error: bool) -> None:
