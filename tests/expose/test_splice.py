@@ -141,11 +141,15 @@ def test_spliced_reads_are_the_files_bytes(exposer: Exposer, file_backend) -> No
                       (8 * MiB - 768 * KiB, 768 * KiB), (8 * MiB - 512 * KiB - 512, 512 * KiB)]:
         assert answered(exposer, node, off, size) == data[off:off + size], (off, size)
     assert b.answers and all(a is True for a in b.answers)
-    # The FUSE file at odd byte offsets and sizes, and one 1 MiB READ (an aligned buffer)
-    # that does not fit the pipe beside its header: read() answers it.
+    # The FUSE file at odd byte offsets and sizes, and one 1 MiB direct read (an aligned
+    # buffer), which FUSE sends as READs of at most max_read (512 KiB): each is spliced
+    # (a whole 1 MiB READ would not fit the pipe beside its header, and be one copy by one
+    # worker instead of two side by side).
     for off, size in [(1, 300_001), (4095, 200 * KiB), (7 * MiB + 17, MiB - 17)]:
         assert pread(path, off, size) == data[off:off + size], (off, size)
+    before = len(b.answers)
     assert dread(path, MiB, MiB) == data[MiB:2 * MiB]
+    assert len(b.answers) - before >= 2 and all(a is True for a in b.answers)
     # Small reads never ask for direct().
     before = len(b.answers)
     for off in range(0, 64 * KiB, 4 * KiB):

@@ -5,9 +5,9 @@ buffer, reads one request and answers it itself (no hand-off between threads). W
 add throughput while they wait in the kernel: two workers running Python fight over the GIL
 and serve fewer small requests than one (4 KiB QD16 from the page cache: 78,000 IOPS with
 one worker, 15,000 with the 33 a spawn-when-none-waits rule started), while large requests
-(the loop device sends a 1 MiB read as two 512 KiB ones) are mostly copying, which runs
-without the GIL and gains from a second worker. So a monitor thread sizes the pool from what
-the workers did in the last 2 ms tick:
+(READs of at most max_write, 512 KiB: a 1 MiB read comes as two or three) are mostly
+copying, which runs without the GIL and gains from a second worker. So a monitor thread
+sizes the pool from what the workers did in the last 2 ms tick:
   - every worker stuck on one request for the whole tick (a flush, slow storage, a suspended
     device): one more, so a blocked device holds only its own requests' threads;
   - none waiting for requests, fewer than _ACTIVE_MAX running, and so few requests served
@@ -25,9 +25,18 @@ are one direct extent of a backing descriptor (MappedDevice.direct) is spliced i
 header into the worker's pipe, the file's pages spliced in behind it (references, no copy),
 the lot spliced into /dev/fuse (the one copy), all inside the device's I/O gate, so a suspend
 still waits for the reply. The pipe is 1 MiB (fs/pipe-max-size) and a reply must fit it
-whole, header slot and an unaligned start's extra page included: the loop device's 512 KiB
-halves of a 1 MiB read fit, a 1 MiB READ takes read(). So does anything the splice cannot
-finish (EOF, an error, a full pipe: the pipe is drained first) and a backend without direct.
+whole, header slot and an unaligned start's extra page included: a READ of max_write (512
+KiB) fits. read() answers what the splice cannot finish (EOF, an error, a full pipe: the
+pipe is drained first), a READ too large for a pipe left at its default size, and a backend
+without direct.
+
+Why max_write (max_read, max_pages) is 512 KiB and not 1 MiB: the loop device splits a
+request at 128 segments, so a 1 MiB direct read arrived as two 512 KiB READs or, when the
+reader's buffer pages happened to be contiguous enough, as one 1 MiB READ. A whole 1 MiB
+READ is one worker's copy (and too large for the pipe); halves are two workers' copies side
+by side: 3,400 - 4,100 MiB/s against 5,900 - 6,300, changing from one fio run to the next.
+At 512 KiB FUSE itself splits every larger request (1 MiB sequential reads, median of 7
+rounds: 0.53 -> 0.74 of the loop device on the file; at 256 KiB, 5 - 10 % below 512).
 
 Measured against variants (bench/fuse_choice.py, 2-vCPU VM): answering through a libc call
 that keeps the GIL, and taking requests non-blocking with an EPOLLEXCLUSIVE wait, both
@@ -102,7 +111,7 @@ class RawFuseServer:
         mount_dir: str,
         volumes: Volumes,
         *,
-        max_write: int = 1 << 20,
+        max_write: int = 512 << 10,
         min_threads: int = 1,
         max_threads: int = 1024,
         max_background: int = 4096,
