@@ -93,3 +93,30 @@ def test_server_threads_are_io_flushers(exposer, file_backend):
     assert exposer.io_flusher and _sys.task_is_io_flusher()
     flagged = sum(_sys.task_is_io_flusher(int(t)) for t in os.listdir("/proc/self/task"))
     assert flagged >= 2  # the caller and at least one FUSE worker
+
+
+def test_workers_that_only_share_the_gil_end(exposer, file_backend):
+    # Small requests at a high rate keep one worker busy; more workers only fight over the
+    # GIL, each now and then missing a monitor tick while it waits for it. Such a worker is
+    # neither stuck (that takes holding one request for _STUCK_FOR) nor needed: a pool grown
+    # past one (as after a moment of CPU starvation) shrinks back while the load goes on.
+    exposer.attach("gil", file_backend("gil", 64 * MiB))
+    node = exposer.node("gil")
+    server = exposer.server
+    fio = subprocess.Popen(
+        ["fio", "--name=gil", f"--filename={node}", "--rw=randread", "--bs=4k", "--iodepth=16",
+         "--ioengine=libaio", "--direct=1", "--time_based", "--runtime=30"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        for _ in range(2):
+            server._grow()
+        assert server.threads >= 3
+        deadline = time.monotonic() + 20
+        while server.threads > 1 and time.monotonic() < deadline and fio.poll() is None:
+            time.sleep(0.1)
+        assert server.threads == 1
+    finally:
+        fio.terminate()
+        fio.wait(30)

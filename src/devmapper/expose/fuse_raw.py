@@ -8,12 +8,12 @@ one worker, 15,000 with the 33 a spawn-when-none-waits rule started), while larg
 (READs of at most max_write, 512 KiB: a 1 MiB read comes as two or three) are mostly
 copying, which runs without the GIL and gains from a second worker. So a monitor thread
 sizes the pool from what the workers did in the last 2 ms tick:
-  - every worker stuck on one request for the whole tick (a flush, slow storage, a suspended
-    device): one more, so a blocked device holds only its own requests' threads;
+  - every worker stuck on one request for _STUCK_FOR, five ticks (a flush, slow storage, a
+    suspended device): one more, so a blocked device holds only its own requests' threads;
   - none waiting for requests, fewer than _ACTIVE_MAX running, and so few requests served
     that the GIL was mostly free (_PYTHON_PER_REQUEST each), three ticks running: one more;
-  - two or more waiting, or two or more running while the GIL was full, for a second: the
-    spares end, each at its next request.
+  - two or more waiting, or, while the GIL was full, more than one not stuck (running or
+    waiting), for a second: the spares end, each at its next request.
 The kernel side is sized to match (max_background), so its queue of asynchronous direct I/O
 never fills up with one device's requests either.
 
@@ -89,6 +89,11 @@ _GONE = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)
 _TICK_BUSY = 0.002  # monitor period while any worker is busy
 _TICK_IDLE = 0.02  # ... and while all wait: a request blocked meanwhile waits this long for help
 _SPARE_FOR = 1.0  # seconds with two or more workers waiting before one of them ends
+# How long a worker must hold one request to count as stuck. Longer than a tick: workers that
+# only wait for the GIL, or for a CPU while the machine is busy, miss a 2 ms tick now and
+# then; counted as stuck, they grew the pool (8 workers at 4 KiB QD16 for good, each request
+# then a fight for the GIL: -30 %), and kept it from shrinking.
+_STUCK_FOR = 0.010
 # The Python (GIL-holding) part of one request. While the workers together serve fewer than
 # half a tick's worth, the GIL has room: they spend their time in syscalls (copying large
 # requests, waiting on storage or a suspended device), where another worker adds throughput.
@@ -306,8 +311,9 @@ class RawFuseServer:
         """Grows and shrinks the pool by what the workers did in the last tick (see the
         module's docstring): a worker more when all are stuck, or when all are busy, fewer
         than _ACTIVE_MAX run and the GIL has room for three ticks running; spares end when two
-        or more wait, or when two or more run while the GIL is full, for a second."""
-        seen: dict[int, int] = {}
+        or more wait, or when more than one is not stuck while the GIL is full, for a
+        second."""
+        seen: dict[int, tuple[int, float]] = {}  # worker -> (requests taken, since when)
         roomy_ticks = 0
         spare_since: float | None = None
         tick = _TICK_IDLE
@@ -318,12 +324,16 @@ class RawFuseServer:
             elapsed, last = now - last, now
             workers = list(self._workers.items())
             waiting = stuck = served = 0
+            now_seen = {}
             for ident, (busy, seq) in workers:
-                before = seen.get(ident, -1)
+                before, since = seen.get(ident, (-1, now))
+                if seq != before:
+                    since = now
+                now_seen[ident] = (seq, since)
                 waiting += not busy
-                stuck += busy and seq == before
+                stuck += busy and now - since >= _STUCK_FOR
                 served += seq - before if before >= 0 else 0
-            seen = {ident: seq for ident, (_, seq) in workers}
+            seen = now_seen
             active = len(workers) - waiting - stuck
             roomy = served * _PYTHON_PER_REQUEST < elapsed / 2
             # A tick that began idle says nothing of the load that has just started.
@@ -335,7 +345,9 @@ class RawFuseServer:
                 spare_since = None
                 self._grow()
                 continue
-            spare = waiting - 1 if waiting >= 2 else active - 1 if active >= 2 and not roomy else 0
+            # With the GIL full one worker serves as many requests as two: every worker not
+            # stuck is spare but one, whether it is running or waiting at this instant.
+            spare = waiting - 1 if waiting >= 2 else 0 if roomy else len(workers) - stuck - 1
             if spare <= 0 or len(workers) <= self.min_threads:
                 spare_since = None
             elif spare_since is None:
