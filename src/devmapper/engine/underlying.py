@@ -149,9 +149,11 @@ class FdDevice:
 def open_loop_backing(node_fd: int, minor: int, flags: int) -> int | None:
     """The backing file of loop device 7:``minor``, opened with ``flags``, when its bytes
     are the loop's bytes: a regular file, at offset 0, without a size limit, the very file
-    the loop has (same st_dev and inode: the path in sysfs is only the name it had at
-    attach time). None otherwise, and for files on FUSE (our own devices' files are there;
-    their I/O must stay on the engine's own paths)."""
+    the loop has (same st_dev and inode: sysfs prints the file's path as seen from here,
+    which for an unlinked file is "PATH (deleted)", a name another file may have, and for
+    a loop set up in another mount namespace may name another file). None otherwise, and
+    for files on FUSE (our own devices' files are there; their I/O must stay on the
+    engine's own paths)."""
     try:
         with open(f"/sys/dev/block/{LOOP_MAJOR}:{minor}/loop/backing_file") as f:
             path = f.read().rstrip("\n")
