@@ -507,7 +507,9 @@ def attach_exposure(daemon: Daemon, runtime_dir: str) -> None:
     from devmapper.expose.exposer import Exposer
 
     engine = daemon.engine
-    exposer = Exposer(os.path.join(runtime_dir, "fuse"), on_removed=engine.exposure_released)
+    # DEVMAPPER_FUSE=uring: FUSE over io_uring where the kernel offers it (BENCHMARKS.md).
+    exposer = Exposer(os.path.join(runtime_dir, "fuse"), on_removed=engine.exposure_released,
+                      fuse=os.environ.get("DEVMAPPER_FUSE", "raw"))
     report = exposer.start()
     if report.detached or report.deferred or report.removed_nodes or report.unmounted \
             or report.lazy_unmounted:

@@ -91,6 +91,25 @@ def make_exposer(
         cleanup.clean_stale(dirs["mount"], dirs["dev"])
 
 
-@pytest.fixture(params=["raw"])
+_URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+@pytest.fixture
+def fuse_uring_enabled() -> Iterator[None]:
+    """fuse.enable_uring=Y while the test runs (it counts at mount), as before afterwards."""
+    if not os.path.exists(_URING_PARAM):
+        pytest.skip("this kernel has no FUSE over io_uring (6.14+, CONFIG_FUSE_IO_URING)")
+    with open(_URING_PARAM) as f:
+        before = f.read().strip()
+    with open(_URING_PARAM, "w") as f:
+        f.write("Y")
+    yield
+    with open(_URING_PARAM, "w") as f:
+        f.write(before)
+
+
+@pytest.fixture(params=["raw", "uring"])
 def exposer(request: pytest.FixtureRequest, make_exposer: Callable[..., Exposer]) -> Exposer:
+    if request.param == "uring":
+        request.getfixturevalue("fuse_uring_enabled")
     return make_exposer(request.param)

@@ -48,6 +48,13 @@ class SuspendableBackend(FileBackend):
         self._gate()
         super().flush()
 
+    # As MappedDevice's: nothing done while held (the io_uring server's thread must not wait).
+    def read_nowait(self, offset: int, buf: memoryview) -> bool:
+        return self._running.is_set() and super().read_nowait(offset, buf)
+
+    def write_nowait(self, offset: int, data: memoryview, fua: bool = False) -> bool:
+        return self._running.is_set() and super().write_nowait(offset, data, fua)
+
 
 def make_file(path: str, size: int) -> str:
     with open(path, "wb") as f:

@@ -95,7 +95,8 @@ def test_server_threads_are_io_flushers(exposer, file_backend):
     assert flagged >= 2  # the caller and at least one FUSE worker
 
 
-def test_workers_that_only_share_the_gil_end(exposer, file_backend):
+def test_workers_that_only_share_the_gil_end(make_exposer, file_backend):
+    exposer = make_exposer("raw")  # the /dev/fuse workers' pool (io_uring has none at work)
     # Small requests at a high rate keep one worker busy; more workers only fight over the
     # GIL, each now and then missing a monitor tick while it waits for it. Such a worker is
     # neither stuck (that takes holding one request for _STUCK_FOR) nor needed: a pool grown

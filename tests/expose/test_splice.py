@@ -22,6 +22,12 @@ from tests.conftest import read_file as pread  # reads of the FUSE file: any byt
 
 from .helpers import run
 
+
+@pytest.fixture
+def exposer(make_exposer: Callable[..., Exposer]) -> Exposer:
+    """Splicing is the /dev/fuse server's (over io_uring a reply is always copied)."""
+    return make_exposer("raw")
+
 pytestmark = pytest.mark.root
 
 KiB, MiB = 1 << 10, 1 << 20

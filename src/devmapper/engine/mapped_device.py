@@ -198,22 +198,7 @@ class MappedDevice:
         if self._gate.blocked:
             self._gate.wait()
         try:
-            n = len(buf)
-            if offset >= 0:
-                io_map = self._map
-                i = offset >> self._shift << 1
-                try:
-                    end = io_map[i]
-                except IndexError:  # beyond the device: the checked path raises EIO
-                    end = -1
-                if offset + n <= end:  # ends are <= the device size: in bounds
-                    code = io_map[i + 1]
-                    if _preadv(self._fds[code & 511], (buf,), offset + (code & -512)) == n:
-                        return
-            if offset < 0 or offset + n > self._nbytes:
-                raise _eio("read beyond the end of the device")
-            if n:  # an empty request reaches no target, as no bio is made for it
-                self._read(offset, buf)
+            self._read_inside(offset, buf)
             return
         except Requeue:
             if not self.noflush_suspending:
@@ -225,25 +210,31 @@ class MappedDevice:
         self._await_requeue()
         self.read(offset, buf)
 
+    def _read_inside(self, offset: int, buf: memoryview) -> None:
+        n = len(buf)
+        if offset >= 0:
+            io_map = self._map
+            i = offset >> self._shift << 1
+            try:
+                end = io_map[i]
+            except IndexError:  # beyond the device: the checked path raises EIO
+                end = -1
+            if offset + n <= end:  # ends are <= the device size: in bounds
+                code = io_map[i + 1]
+                if _preadv(self._fds[code & 511], (buf,), offset + (code & -512)) == n:
+                    return
+        if offset < 0 or offset + n > self._nbytes:
+            raise _eio("read beyond the end of the device")
+        if n:  # an empty request reaches no target, as no bio is made for it
+            self._read(offset, buf)
+
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
         inflight = self._inflight
         inflight.append(None)
         if self._gate.blocked:
             self._gate.wait()
         try:
-            if self.read_only:
-                raise OSError(errno.EPERM, "device is read-only")
-            n = len(data)
-            if offset < 0 or offset + n > self._nbytes:
-                raise _eio("write beyond the end of the device")
-            io_map = self._map
-            i = offset >> self._shift << 1
-            if offset + n <= io_map[i] and not fua:  # FUA takes the target's path
-                code = io_map[i + 1]
-                if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
-                    return
-            if n:
-                self._write(offset, data, fua)
+            self._write_inside(offset, data, fua)
             return
         except Requeue:
             if not self.noflush_suspending:
@@ -254,6 +245,55 @@ class MappedDevice:
                 self._gate.notify()
         self._await_requeue()
         self.write(offset, data, fua)
+
+    def _write_inside(self, offset: int, data: memoryview, fua: bool) -> None:
+        if self.read_only:
+            raise OSError(errno.EPERM, "device is read-only")
+        n = len(data)
+        if offset < 0 or offset + n > self._nbytes:
+            raise _eio("write beyond the end of the device")
+        io_map = self._map
+        i = offset >> self._shift << 1
+        if offset + n <= io_map[i] and not fua:  # FUA takes the target's path
+            code = io_map[i + 1]
+            if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
+                return
+        if n:
+            self._write(offset, data, fua)
+
+    # For a caller that must never wait (the FUSE io_uring thread: one blocked request there
+    # would hold every device's): False, with nothing done, while the gate is closed or when
+    # a target requeues the request (a noflush suspend). The caller then hands the request
+    # to a thread that may wait in read() or write().
+    def read_nowait(self, offset: int, buf: memoryview) -> bool:
+        inflight = self._inflight
+        inflight.append(None)
+        try:
+            if self._gate.blocked:
+                return False
+            self._read_inside(offset, buf)
+            return True
+        except Requeue:
+            return False
+        finally:
+            inflight.pop()
+            if self._gate.blocked:
+                self._gate.notify()
+
+    def write_nowait(self, offset: int, data: memoryview, fua: bool = False) -> bool:
+        inflight = self._inflight
+        inflight.append(None)
+        try:
+            if self._gate.blocked:
+                return False
+            self._write_inside(offset, data, fua)
+            return True
+        except Requeue:
+            return False
+        finally:
+            inflight.pop()
+            if self._gate.blocked:
+                self._gate.notify()
 
     def direct(self, offset: int, size: int, fn: Callable[[int, int], _T]) -> _T | None:
         """``fn(fd, position)`` inside the gate when bytes [offset, offset + size) are one

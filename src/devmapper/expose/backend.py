@@ -20,6 +20,13 @@ class BlockBackend(Protocol):
 
     def write(self, offset: int, data: memoryview, fua: bool = False) -> None: ...  # raise OSError
 
+    # Optional, for the io_uring server's thread, which must never wait: read_nowait and
+    # write_nowait do what read and write do and answer True, or do nothing and answer False
+    # where read or write would wait (a suspended device). Without them every READ and WRITE
+    # goes to a thread that may wait.
+    #   def read_nowait(self, offset: int, buf: memoryview) -> bool: ...
+    #   def write_nowait(self, offset: int, data: memoryview, fua: bool = False) -> bool: ...
+
     def flush(self) -> None: ...
 
     def discard(self, offset: int, length: int) -> None: ...  # may raise OSError(EOPNOTSUPP)

@@ -43,6 +43,10 @@ def make_server(kind: str, mount_dir: str, volumes: Volumes, **options: int) -> 
         from .fuse_mfusepy import MfusepyServer
 
         return MfusepyServer(mount_dir, volumes, **options)
+    if kind == "uring":
+        from .fuse_uring import UringFuseServer
+
+        return UringFuseServer(mount_dir, volumes, **options)
     raise ValueError(f"unknown FUSE implementation {kind!r} (raw, mfusepy)")
 
 

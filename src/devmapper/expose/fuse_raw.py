@@ -395,7 +395,7 @@ class RawFuseServer:
             if handler is None:
                 self._reply(fd, unique, err=errno.ENOSYS)
                 return
-            body = handler(self, nodeid, payload)
+            body = getattr(self, handler.__name__)(nodeid, payload)  # subclasses may override
             self._reply(fd, unique, body)
         except OSError as e:
             self._reply(
