@@ -16,7 +16,7 @@ import pytest
 from devmapper.expose import Exposer, cleanup
 from devmapper.expose.filebackend import FileBackend
 
-from .helpers import make_file
+from .helpers import fuse_uring_param, make_file
 
 
 def _can_expose() -> str | None:
@@ -91,21 +91,10 @@ def make_exposer(
         cleanup.clean_stale(dirs["mount"], dirs["dev"])
 
 
-_URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
-
-
 @pytest.fixture
 def fuse_uring_enabled() -> Iterator[None]:
-    """fuse.enable_uring=Y while the test runs (it counts at mount), as before afterwards."""
-    if not os.path.exists(_URING_PARAM):
-        pytest.skip("this kernel has no FUSE over io_uring (6.14+, CONFIG_FUSE_IO_URING)")
-    with open(_URING_PARAM) as f:
-        before = f.read().strip()
-    with open(_URING_PARAM, "w") as f:
-        f.write("Y")
-    yield
-    with open(_URING_PARAM, "w") as f:
-        f.write(before)
+    with fuse_uring_param("Y"):
+        yield
 
 
 @pytest.fixture(params=["raw", "uring"])

@@ -9,8 +9,43 @@ import subprocess
 import threading
 from collections.abc import Iterator
 
-from devmapper.expose import _sys
+import pytest
+
+from devmapper.control.engine import EngineTransport
+from devmapper.engine.core import Engine
+from devmapper.expose import Exposer, _sys
+from devmapper.expose.engine_hooks import EngineExposure
 from devmapper.expose.filebackend import FileBackend
+from devmapper.library import DeviceMapper
+
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+@contextlib.contextmanager
+def fuse_uring_param(value: str) -> Iterator[None]:
+    """fuse.enable_uring set to value (it counts at mount), as it was afterwards."""
+    if not os.path.exists(URING_PARAM):
+        pytest.skip("this kernel has no FUSE over io_uring (6.14+, CONFIG_FUSE_IO_URING)")
+    with open(URING_PARAM) as f:
+        before = f.read().strip()
+    with open(URING_PARAM, "w") as f:
+        f.write(value)
+    try:
+        yield
+    finally:
+        with open(URING_PARAM, "w") as f:
+            f.write(before)
+
+
+@contextlib.contextmanager
+def engine_library(ex: Exposer) -> Iterator[DeviceMapper]:
+    """The library over an in-process engine whose devices ex exposes."""
+    lib = DeviceMapper(EngineTransport(Engine(exposure=EngineExposure(ex))))
+    try:
+        yield lib
+    finally:
+        lib.remove_all()
+        lib.close()
 
 
 class SuspendableBackend(FileBackend):

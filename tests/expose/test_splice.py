@@ -12,15 +12,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from devmapper.control.engine import EngineTransport
-from devmapper.engine.core import Engine
 from devmapper.expose import Exposer
-from devmapper.expose.engine_hooks import EngineExposure
 from devmapper.expose.filebackend import FileBackend
 from devmapper.library import DeviceMapper
 from tests.conftest import read_file as pread  # reads of the FUSE file: any byte offset
 
-from .helpers import run
+from .helpers import engine_library, run
 
 
 @pytest.fixture
@@ -206,12 +203,8 @@ def test_splice_fallbacks_leave_no_trace(exposer: Exposer, file_backend) -> None
 @pytest.fixture
 def dm(make_exposer: Callable[..., Exposer]) -> Iterator[tuple[Exposer, DeviceMapper]]:
     ex = make_exposer()
-    lib = DeviceMapper(EngineTransport(Engine(exposure=EngineExposure(ex))))
-    try:
+    with engine_library(ex) as lib:
         yield ex, lib
-    finally:
-        lib.remove_all()
-        lib.close()
 
 
 def two_targets(base: str, lib: DeviceMapper, name: str, content: bytes) -> str:

@@ -10,13 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from devmapper.control.engine import EngineTransport
-from devmapper.engine.core import Engine
 from devmapper.expose import Exposer
-from devmapper.expose.engine_hooks import EngineExposure
 from devmapper.library import DeviceMapper
 
-from .helpers import make_file, run
+from .helpers import engine_library, fuse_uring_param, make_file, run
 
 MiB = 1 << 20
 
@@ -26,12 +23,8 @@ def uring_dm(
     fuse_uring_enabled: None, make_exposer: Callable[..., Exposer]
 ) -> Iterator[tuple[Exposer, DeviceMapper]]:
     ex = make_exposer("uring")
-    lib = DeviceMapper(EngineTransport(Engine(exposure=EngineExposure(ex))))
-    try:
+    with engine_library(ex) as lib:
         yield ex, lib
-    finally:
-        lib.remove_all()
-        lib.close()
 
 
 def fio_verify(node: str, rw: str, bs: str, size: str, depth: int = 16) -> None:
@@ -82,20 +75,10 @@ def test_suspended_engine_device_holds_only_its_own(uring_dm, dirs) -> None:
 
 
 def test_without_enable_uring_the_server_stays_on_dev_fuse(make_exposer, file_backend) -> None:
-    param = "/sys/module/fuse/parameters/enable_uring"
-    if not os.path.exists(param):
-        pytest.skip("this kernel has no FUSE over io_uring")
-    with open(param) as f:
-        before = f.read().strip()
-    with open(param, "w") as f:
-        f.write("N")
-    try:
+    with fuse_uring_param("N"):
         ex = make_exposer("uring")
         ex.attach("plain", file_backend("plain", 4 * MiB))
         run("dd", "if=/dev/urandom", f"of={ex.node('plain')}", "bs=64k", "count=16",
             "oflag=direct")
         run("dd", f"if={ex.node('plain')}", "of=/dev/null", "bs=4k", "iflag=direct")
         assert not ex.server.uring and ex.server.answered == 0
-    finally:
-        with open(param, "w") as f:
-            f.write(before)

@@ -11,7 +11,7 @@ import errno
 import os
 import threading
 from array import array
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from devmapper.io_gate import Gate
 from devmapper.targets.base import SECTOR_SHIFT, Requeue
@@ -266,27 +266,18 @@ class MappedDevice:
     # a target requeues the request (a noflush suspend). The caller then hands the request
     # to a thread that may wait in read() or write().
     def read_nowait(self, offset: int, buf: memoryview) -> bool:
-        inflight = self._inflight
-        inflight.append(None)
-        try:
-            if self._gate.blocked:
-                return False
-            self._read_inside(offset, buf)
-            return True
-        except Requeue:
-            return False
-        finally:
-            inflight.pop()
-            if self._gate.blocked:
-                self._gate.notify()
+        return self._nowait(self._read_inside, offset, buf)
 
     def write_nowait(self, offset: int, data: memoryview, fua: bool = False) -> bool:
+        return self._nowait(self._write_inside, offset, data, fua)
+
+    def _nowait(self, inside: Callable[..., None], *args: Any) -> bool:
         inflight = self._inflight
         inflight.append(None)
         try:
             if self._gate.blocked:
                 return False
-            self._write_inside(offset, data, fua)
+            inside(*args)
             return True
         except Requeue:
             return False

@@ -342,14 +342,15 @@ class UringFuseServer(RawFuseServer):
                 self.uring = True
                 hbuf, h = heads[e], head_at[e]
                 length, opcode, unique, nodeid = in_unpack(hbuf, h)
-                if opcode == abi.READ:
-                    offset, size, _ = rw_unpack(hbuf, h + _OP_IN)
+                if opcode == abi.READ or opcode == abi.WRITE:
+                    offset, size, flags = rw_unpack(hbuf, h + _OP_IN)
                     # Large ones to the other thread when it is idle (never twice: no
                     # ping-pong), small ones to the main thread.
                     if not passed_in and (other.idle() if size >= _LARGE else not main):
                         other.passed += 1
                         me.pass_to(other, e)
                         continue
+                if opcode == abi.READ:
                     vol = by_ino.get(nodeid)
                     if vol is None:
                         self._wait_for(me, self._answer_slow, e)
@@ -374,11 +375,6 @@ class UringFuseServer(RawFuseServer):
                     commit(e, unique)
                     continue
                 if opcode == abi.WRITE:
-                    offset, size, flags = rw_unpack(hbuf, h + _OP_IN)
-                    if not passed_in and (other.idle() if size >= _LARGE else not main):
-                        other.passed += 1
-                        me.pass_to(other, e)
-                        continue
                     vol = by_ino.get(nodeid)
                     nowait = getattr(vol.backend, "write_nowait", None) if vol else None
                     if nowait is None or flags & _SYNC_FLAGS or not (vol and vol.writable):
