@@ -12,6 +12,7 @@ of the per-round ratios (the machine's load moves both sides of a round alike). 
 run starts after a sync, so no job times the writeback of an earlier one's dirty pages.
 
 Run (root): python bench/bench_blockdev.py [--size-mb 512] [--runtime 5] [--rounds 3]
+            [--fuse uring]
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=512)
     ap.add_argument("--runtime", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fuse", choices=["raw", "uring"], default="raw",
+                    help="the daemon's FUSE transport (uring: fuse.enable_uring=Y)")
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="dmb-", dir="/tmp"))
     work = Path(tempfile.mkdtemp(prefix="dmb-", dir="/var/tmp"))
@@ -62,7 +65,8 @@ def main() -> None:
     with open(backing, "wb") as f:
         for _ in range(args.size_mb):
             f.write(os.urandom(1 << 20))
-    daemon = DaemonProc(run, daemon_env(DEVMAPPER_EXPOSE="1", DM_DEV_DIR=str(dev_dir))).start()
+    env = daemon_env(DEVMAPPER_EXPOSE="1", DM_DEV_DIR=str(dev_dir), DEVMAPPER_FUSE=args.fuse)
+    daemon = DaemonProc(run, env).start()
     loop = subprocess.run(["losetup", "-f", "--show", str(backing)],
                           check=True, capture_output=True, text=True).stdout.strip()
     try:

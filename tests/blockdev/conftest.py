@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.expose.helpers import fuse_uring_param
+
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
 
@@ -17,14 +19,23 @@ from blockdevlib import Served, run  # noqa: E402
 from daemonlib import DaemonProc, daemon_env, short_tempdir  # noqa: E402
 
 
-@pytest.fixture
-def served() -> Iterator[Served]:
+@pytest.fixture(params=["raw", "uring"])
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    """The daemon on each FUSE transport (uring: fuse.enable_uring=Y meanwhile)."""
+    if request.param == "raw":
+        yield from _served("raw")
+    else:
+        with fuse_uring_param("Y"):
+            yield from _served("uring")
+
+
+def _served(fuse: str) -> Iterator[Served]:
     rundir = short_tempdir()
     dev_dir = rundir / "dev"
     (dev_dir / "mapper").mkdir(parents=True)
     work = Path(os.environ.get("BLOCKDEV_WORK", "/var/tmp")) / rundir.name
     work.mkdir()
-    env = daemon_env(DEVMAPPER_EXPOSE="1", DM_DEV_DIR=str(dev_dir))
+    env = daemon_env(DEVMAPPER_EXPOSE="1", DM_DEV_DIR=str(dev_dir), DEVMAPPER_FUSE=fuse)
     daemon = DaemonProc(rundir, env).start()
     s = Served(daemon, dev_dir, work)
     try:

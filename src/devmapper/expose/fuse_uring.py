@@ -20,10 +20,11 @@ Threads:
     wait inline: READ/WRITE through the backend's read_nowait/write_nowait, and the cheap
     metadata requests. It must never block: a request it waits for would hold every request
     already given to its entries, so a suspended device would stall all of them.
-  - a copier thread with its own ring takes large READs (_LARGE) from the ring thread when it
-    is idle (IORING_OP_MSG_RING): two such READs are two copies side by side (a 1 MiB read
-    comes as two). It commits them on its own ring, so it also receives the next request of
-    those entries, and passes anything but a large READ back the same way.
+  - copier threads, each with its own ring, take large READs and WRITEs (_LARGE) from the
+    ring thread when one is idle (IORING_OP_MSG_RING): a 1 MiB read comes as three READs,
+    copied side by side. A copier commits on its own ring, so it also receives the next
+    request of those entries; it passes small ones back to the ring thread, and a large one
+    to an idle peer when more are waiting behind it.
   - waiter threads, started as needed (the raw server's pool, see RawFuseServer), answer what
     may block: a READ/WRITE the backend would not do without waiting (a suspended device, a
     requeued request), FSYNC, FALLOCATE, RELEASE, synchronous writes. They give the entry back
@@ -69,12 +70,15 @@ _IN = struct.Struct("<IIQQ")  # fuse_in_header: len, opcode, unique, nodeid
 _RW_IN = struct.Struct("<8xQI12xI")  # fuse_read_in/fuse_write_in: offset, size, flags
 _U32 = struct.Struct("<I")
 _WAKE = 1 << 40  # user_data of the eventfd read
-_PASSED = 1 << 41  # user_data bit of an entry passed from one ring thread to the other
+_PASSED = 1 << 41  # user_data bit of an entry passed from one ring thread to another
 _SENT = 1 << 42  # user_data of the MSG_RING that passes it (a CQE only when it failed)
 _SKIP_SUCCESS = 1 << 6  # IOSQE_CQE_SKIP_SUCCESS
 _PER_QUEUE = 16  # entries registered per CPU queue at start
 _MAX_ENTRIES = 1024
-_LARGE = 64 << 10  # READs from this size on go to the copier when it is idle
+# Copier threads. 1 MiB reads through the daemon (bench_blockdev.py --fuse uring, P3): one
+# copier 0.44 - 0.52 of loop, two 0.56, three 0.58 (a 1 MiB read comes as three READs).
+_COPIERS = 3
+_LARGE = 64 << 10  # READs and WRITEs from this size on go to an idle copier
 _GONE = (errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED, errno.ENODEV)
 # Answered inline by a ring thread: none of these waits for a device.
 _INLINE = frozenset((abi.LOOKUP, abi.GETATTR, abi.SETATTR, abi.OPEN, abi.FLUSH, abi.OPENDIR,
@@ -147,7 +151,7 @@ class _RingThread:
         # Large READs passed to this thread, and those it has answered: each counter has one
         # writer, so their difference needs no lock.
         self.passed = self.finished = 0
-        self.working = False  # between two io_uring_enter calls (read by the other thread)
+        self.working = False  # between two io_uring_enter calls (read by the other threads)
         # Blocking: io_uring would answer a read of a non-blocking eventfd with EAGAIN.
         self.efd = os.eventfd(0, os.EFD_CLOEXEC)
         self.done: collections.deque[int] = collections.deque()  # entries waiters answered
@@ -225,7 +229,7 @@ class UringFuseServer(RawFuseServer):
         self.answered = 0  # requests answered through the rings (tests, diagnostics)
         self._entries = _Entries(self.max_write)
         self._main_ring: _RingThread | None = None
-        self._copier: _RingThread | None = None
+        self._copiers: list[_RingThread] = []
         self._waiting = queue.SimpleQueue[tuple[Callable[[int], None], int]]()
         self._held: dict[int, int] = {}  # qid -> entries held by waiters (under _wlock)
         self._init_answered = threading.Event()
@@ -243,9 +247,10 @@ class UringFuseServer(RawFuseServer):
             # Registering needs the kernel to have taken this reply: the ring thread retries
             # on EAGAIN until it has.
             self._main_ring = _RingThread(self, "fuse-uring")
-            self._copier = _RingThread(self, "fuse-uring-copy")
+            self._copiers = [_RingThread(self, f"fuse-uring-copy{i}") for i in range(_COPIERS)]
             self._main_ring.start()
-            self._copier.start()
+            for t in self._copiers:
+                t.start()
         return bytes(body)
 
     @property
@@ -263,7 +268,7 @@ class UringFuseServer(RawFuseServer):
     def stop(self, timeout: float = 5.0) -> bool:
         clean = super().stop(timeout)
         if clean:  # else the loop device still holds a file: the rings go on serving it
-            for t in (self._main_ring, self._copier):
+            for t in (self._main_ring, *self._copiers):
                 if t is not None and t.thread.is_alive():
                     t.wake()
         return clean
@@ -272,11 +277,14 @@ class UringFuseServer(RawFuseServer):
 
     def _serve_ring(self, me: _RingThread) -> None:
         main = me is self._main_ring
-        other = self._copier if main else self._main_ring
-        assert other is not None and me.ring is not None
-        other.ready.wait()
-        if other.ring is None:
-            return
+        first = self._main_ring
+        assert first is not None and me.ring is not None
+        peers = [t for t in (first, *self._copiers) if t is not me]
+        for t in peers:
+            t.ready.wait()
+            if t.ring is None:
+                return
+        copiers = [t for t in self._copiers if t is not me]
         ring = me.ring
         ents = self._entries
         if main:
@@ -344,12 +352,21 @@ class UringFuseServer(RawFuseServer):
                 length, opcode, unique, nodeid = in_unpack(hbuf, h)
                 if opcode == abi.READ or opcode == abi.WRITE:
                     offset, size, flags = rw_unpack(hbuf, h + _OP_IN)
-                    # Large ones to the other thread when it is idle (never twice: no
-                    # ping-pong), small ones to the main thread.
-                    if not passed_in and (other.idle() if size >= _LARGE else not main):
-                        other.passed += 1
-                        me.pass_to(other, e)
-                        continue
+                    if not passed_in:
+                        to = None
+                        if size < _LARGE:
+                            to = None if main else first
+                        elif main or head != tail:
+                            # Large: from the main thread to an idle copier; from a copier
+                            # with more waiting, to an idle copier or the main thread.
+                            for t in copiers if main else (*copiers, first):
+                                if t.idle():
+                                    to = t
+                                    break
+                        if to is not None:
+                            to.passed += 1
+                            me.pass_to(to, e)
+                            continue
                 if opcode == abi.READ:
                     vol = by_ino.get(nodeid)
                     if vol is None:
@@ -399,8 +416,8 @@ class UringFuseServer(RawFuseServer):
                         u32_pack(hbuf, h + _PAYLOAD_SZ, abi.WRITE_OUT.size)
                     commit(e, unique)
                 elif not main:
-                    other.passed += 1
-                    me.pass_to(other, e)
+                    first.passed += 1
+                    me.pass_to(first, e)
                 elif opcode in _INLINE:
                     self._answer_slow(e)
                     commit(e, unique)
