@@ -30,7 +30,7 @@ def uring_dm(
 def fio_verify(node: str, rw: str, bs: str, size: str, depth: int = 16) -> None:
     run("fio", "--name=v", f"--filename={node}", f"--rw={rw}", f"--bs={bs}", f"--size={size}",
         f"--iodepth={depth}", "--ioengine=libaio", "--direct=1", "--verify=crc32c",
-        "--verify_fatal=1", "--do_verify=1", timeout=120)
+        "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", timeout=120)
 
 
 def test_requests_come_through_the_rings(uring_dm, dirs) -> None:
@@ -82,3 +82,25 @@ def test_without_enable_uring_the_server_stays_on_dev_fuse(make_exposer, file_ba
             "oflag=direct")
         run("dd", f"if={ex.node('plain')}", "of=/dev/null", "bs=4k", "iflag=direct")
         assert not ex.server.uring and ex.server.answered == 0
+
+
+def test_without_io_uring_the_server_stays_on_dev_fuse(make_exposer, file_backend) -> None:
+    # io_uring refused to this process (kernel.io_uring_disabled, or a seccomp profile):
+    # no ring registers an entry, and the requests stay on /dev/fuse.
+    sysctl = "/proc/sys/kernel/io_uring_disabled"
+    if not os.path.exists(sysctl):
+        pytest.skip("this kernel has no kernel.io_uring_disabled")
+    with open(sysctl) as f:
+        before = f.read().strip()
+    with fuse_uring_param("Y"):
+        with open(sysctl, "w") as f:
+            f.write("2")
+        try:
+            ex = make_exposer("uring")
+            ex.attach("noring", file_backend("noring", 4 * MiB))
+            run("dd", f"if={ex.node('noring')}", "of=/dev/null", "bs=4k", "iflag=direct",
+                timeout=30)
+            assert not ex.server.uring and ex.server.answered == 0
+        finally:
+            with open(sysctl, "w") as f:
+                f.write(before)

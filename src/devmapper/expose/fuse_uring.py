@@ -90,22 +90,13 @@ def _errno(ex: OSError) -> int:
 
 
 def possible_cpus() -> int:
-    """The kernel makes one queue per possible CPU (num_possible_cpus())."""
+    """The kernel makes one queue per possible CPU: num_possible_cpus(), a count."""
     with open("/sys/devices/system/cpu/possible") as f:
         n = 0
         for part in f.read().strip().split(","):
             lo, _, hi = part.partition("-")
-            n = max(n, int(hi or lo) + 1)
+            n += int(hi or lo) - int(lo) + 1
     return n
-
-
-def enabled() -> bool:
-    """Whether new FUSE mounts may use io_uring (the fuse module's enable_uring)."""
-    try:
-        with open("/sys/module/fuse/parameters/enable_uring") as f:
-            return f.read().strip() == "Y" and _uring.supported()
-    except OSError:
-        return False
 
 
 class _Entries:
@@ -171,7 +162,7 @@ class _RingThread:
         _sys.set_io_flusher()
         try:
             self.ring = _uring.Ring(2 * _MAX_ENTRIES)
-        except OSError as e:
+        except OSError as e:  # io_uring_disabled, a seccomp profile: no ring, no entries
             log.warning("io_uring unavailable (%s): FUSE requests stay on /dev/fuse", e)
             self.ready.set()
             return
@@ -244,8 +235,8 @@ class UringFuseServer(RawFuseServer):
         if flags2 & OVER_IO_URING2 and _uring.supported():
             _U32.pack_into(body, 12, _U32.unpack_from(body, 12)[0] | abi.INIT_EXT)
             _U32.pack_into(body, 40, OVER_IO_URING2)
-            # Registering needs the kernel to have taken this reply: the ring thread retries
-            # on EAGAIN until it has.
+            # The main ring thread registers the entries once the kernel has taken this
+            # reply (_init_answered): before, it answers EAGAIN.
             self._main_ring = _RingThread(self, "fuse-uring")
             self._copiers = [_RingThread(self, f"fuse-uring-copy{i}") for i in range(_COPIERS)]
             self._main_ring.start()
@@ -255,7 +246,7 @@ class UringFuseServer(RawFuseServer):
 
     @property
     def threads(self) -> int:
-        """The /dev/fuse workers and the waiters (the two ring threads live as long)."""
+        """The /dev/fuse workers and the waiters (the ring threads live as long)."""
         return self._threads + self._waiters
 
     def _reply(self, fd: int, unique: int, body: bytes = b"", err: int = 0) -> None:
