@@ -11,7 +11,7 @@ import errno
 import os
 import threading
 from array import array
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from devmapper.io_gate import Gate
 from devmapper.targets.base import SECTOR_SHIFT, Requeue
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _preadv = os.preadv
 _pwritev = os.pwritev
+
+
+class _WouldWait(Exception):
+    """read()/write() with nowait: the request would have to wait (see read())."""
 
 
 def _eio(what: str) -> OSError:
@@ -192,15 +196,39 @@ class MappedDevice:
     # request runs under. A request within one direct_io extent is one syscall here (code:
     # byte delta | fd index, 511 being table._FD_MASK); anything else, and a short transfer
     # (redone in full: the target handles EOF and retries), goes through the table.
-    def read(self, offset: int, buf: memoryview) -> None:
+    # nowait (for the FUSE io_uring thread, which must never wait: one blocked request there
+    # would hold every device's): _WouldWait, with nothing done, where the request would wait
+    # (the gate closed, or a target requeueing it in a noflush suspend); read_nowait and
+    # write_nowait turn it into False, and the caller hands the request to a thread that may
+    # wait. The flag costs the hot path nothing: it is read only on those two paths.
+    def read(self, offset: int, buf: memoryview, nowait: bool = False) -> None:
         inflight = self._inflight
         inflight.append(None)
-        if self._gate.blocked:
-            self._gate.wait()
         try:
-            self._read_inside(offset, buf)
+            if self._gate.blocked:
+                if nowait:
+                    raise _WouldWait
+                self._gate.wait()
+            n = len(buf)
+            if offset >= 0:
+                io_map = self._map
+                i = offset >> self._shift << 1
+                try:
+                    end = io_map[i]
+                except IndexError:  # beyond the device: the checked path raises EIO
+                    end = -1
+                if offset + n <= end:  # ends are <= the device size: in bounds
+                    code = io_map[i + 1]
+                    if _preadv(self._fds[code & 511], (buf,), offset + (code & -512)) == n:
+                        return
+            if offset < 0 or offset + n > self._nbytes:
+                raise _eio("read beyond the end of the device")
+            if n:  # an empty request reaches no target, as no bio is made for it
+                self._read(offset, buf)
             return
         except Requeue:
+            if nowait:
+                raise _WouldWait from None
             if not self.noflush_suspending:
                 raise self._requeue_outside_suspend() from None
         finally:
@@ -210,33 +238,33 @@ class MappedDevice:
         self._await_requeue()
         self.read(offset, buf)
 
-    def _read_inside(self, offset: int, buf: memoryview) -> None:
-        n = len(buf)
-        if offset >= 0:
-            io_map = self._map
-            i = offset >> self._shift << 1
-            try:
-                end = io_map[i]
-            except IndexError:  # beyond the device: the checked path raises EIO
-                end = -1
-            if offset + n <= end:  # ends are <= the device size: in bounds
-                code = io_map[i + 1]
-                if _preadv(self._fds[code & 511], (buf,), offset + (code & -512)) == n:
-                    return
-        if offset < 0 or offset + n > self._nbytes:
-            raise _eio("read beyond the end of the device")
-        if n:  # an empty request reaches no target, as no bio is made for it
-            self._read(offset, buf)
-
-    def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+    def write(
+        self, offset: int, data: memoryview, fua: bool = False, nowait: bool = False
+    ) -> None:
         inflight = self._inflight
         inflight.append(None)
-        if self._gate.blocked:
-            self._gate.wait()
         try:
-            self._write_inside(offset, data, fua)
+            if self._gate.blocked:
+                if nowait:
+                    raise _WouldWait
+                self._gate.wait()
+            if self.read_only:
+                raise OSError(errno.EPERM, "device is read-only")
+            n = len(data)
+            if offset < 0 or offset + n > self._nbytes:
+                raise _eio("write beyond the end of the device")
+            io_map = self._map
+            i = offset >> self._shift << 1
+            if offset + n <= io_map[i] and not fua:  # FUA takes the target's path
+                code = io_map[i + 1]
+                if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
+                    return
+            if n:
+                self._write(offset, data, fua)
             return
         except Requeue:
+            if nowait:
+                raise _WouldWait from None
             if not self.noflush_suspending:
                 raise self._requeue_outside_suspend() from None
         finally:
@@ -246,45 +274,19 @@ class MappedDevice:
         self._await_requeue()
         self.write(offset, data, fua)
 
-    def _write_inside(self, offset: int, data: memoryview, fua: bool) -> None:
-        if self.read_only:
-            raise OSError(errno.EPERM, "device is read-only")
-        n = len(data)
-        if offset < 0 or offset + n > self._nbytes:
-            raise _eio("write beyond the end of the device")
-        io_map = self._map
-        i = offset >> self._shift << 1
-        if offset + n <= io_map[i] and not fua:  # FUA takes the target's path
-            code = io_map[i + 1]
-            if _pwritev(self._fds[code & 511], (data,), offset + (code & -512)) == n:
-                return
-        if n:
-            self._write(offset, data, fua)
-
-    # For a caller that must never wait (the FUSE io_uring thread: one blocked request there
-    # would hold every device's): False, with nothing done, while the gate is closed or when
-    # a target requeues the request (a noflush suspend). The caller then hands the request
-    # to a thread that may wait in read() or write().
     def read_nowait(self, offset: int, buf: memoryview) -> bool:
-        return self._nowait(self._read_inside, offset, buf)
+        try:
+            self.read(offset, buf, True)
+        except _WouldWait:
+            return False
+        return True
 
     def write_nowait(self, offset: int, data: memoryview, fua: bool = False) -> bool:
-        return self._nowait(self._write_inside, offset, data, fua)
-
-    def _nowait(self, inside: Callable[..., None], *args: Any) -> bool:
-        inflight = self._inflight
-        inflight.append(None)
         try:
-            if self._gate.blocked:
-                return False
-            inside(*args)
-            return True
-        except Requeue:
+            self.write(offset, data, fua, True)
+        except _WouldWait:
             return False
-        finally:
-            inflight.pop()
-            if self._gate.blocked:
-                self._gate.notify()
+        return True
 
     def direct(self, offset: int, size: int, fn: Callable[[int, int], _T]) -> _T | None:
         """``fn(fd, position)`` inside the gate when bytes [offset, offset + size) are one

@@ -47,7 +47,7 @@ def make_server(kind: str, mount_dir: str, volumes: Volumes, **options: int) -> 
         from .fuse_uring import UringFuseServer
 
         return UringFuseServer(mount_dir, volumes, **options)
-    raise ValueError(f"unknown FUSE implementation {kind!r} (raw, mfusepy)")
+    raise ValueError(f"unknown FUSE implementation {kind!r} (raw, uring, mfusepy)")
 
 
 class Exposer:
