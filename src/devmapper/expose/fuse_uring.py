@@ -25,10 +25,10 @@ Threads:
     copied side by side. A copier commits on its own ring, so it also receives the next
     request of those entries; it passes small ones back to the ring thread, and a large one
     to an idle peer when more are waiting behind it.
-  - waiter threads, started as needed (the raw server's pool, see RawFuseServer), answer what
-    may block: a READ/WRITE the backend would not do without waiting (a suspended device, a
-    requeued request), FSYNC, FALLOCATE, RELEASE, synchronous writes. They give the entry back
-    to the ring thread (a deque and its eventfd) for the commit. While waiters hold half of a
+  - waiter threads, started as needed and ended after 5 s idle, answer what may block: a
+    READ/WRITE the backend would not do without waiting (a suspended device, a requeued
+    request), FSYNC, FALLOCATE, RELEASE, synchronous writes. They give the entry back to the
+    ring thread (a deque and its eventfd) for the commit. While waiters hold half of a
     queue's entries, the ring thread registers more, so a suspended device cannot take all of
     them.
 FORGET and INTERRUPT still come through /dev/fuse (the kernel keeps them there), and so do the
@@ -45,7 +45,6 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Callable
 
 from . import _sys, _uring
 from . import fuse_abi as abi
@@ -221,7 +220,7 @@ class UringFuseServer(RawFuseServer):
         self._entries = _Entries(self.max_write)
         self._main_ring: _RingThread | None = None
         self._copiers: list[_RingThread] = []
-        self._waiting = queue.SimpleQueue[tuple[Callable[[int], None], int]]()
+        self._waiting = queue.SimpleQueue[int]()  # entries for the waiters
         self._held: dict[int, int] = {}  # qid -> entries held by waiters (under _wlock)
         self._init_answered = threading.Event()
         self._waiters = 0
@@ -361,7 +360,7 @@ class UringFuseServer(RawFuseServer):
                 if opcode == abi.READ:
                     vol = by_ino.get(nodeid)
                     if vol is None:
-                        self._wait_for(me, self._answer_slow, e)
+                        self._wait_for(me, e)
                         continue
                     backend = vol.backend
                     end = backend.size
@@ -371,12 +370,12 @@ class UringFuseServer(RawFuseServer):
                     err = 0
                     try:
                         if nowait is None or not nowait(offset, payload[e][:size]):
-                            self._wait_for(me, self._answer_slow, e)
+                            self._wait_for(me, e)
                             continue
                     except OSError as ex:
                         err, size = _errno(ex), 0
                     except Exception:  # the general path answers with EIO, and logs it
-                        self._wait_for(me, self._answer_slow, e)
+                        self._wait_for(me, e)
                         continue
                     out_pack(hbuf, h, 16 + size, -err, unique)
                     u32_pack(hbuf, h + _PAYLOAD_SZ, size)
@@ -386,17 +385,17 @@ class UringFuseServer(RawFuseServer):
                     vol = by_ino.get(nodeid)
                     nowait = getattr(vol.backend, "write_nowait", None) if vol else None
                     if nowait is None or flags & _SYNC_FLAGS or not (vol and vol.writable):
-                        self._wait_for(me, self._answer_slow, e)
+                        self._wait_for(me, e)
                         continue
                     err = 0
                     try:
                         if not nowait(offset, payload[e][:size]):
-                            self._wait_for(me, self._answer_slow, e)
+                            self._wait_for(me, e)
                             continue
                     except OSError as ex:
                         err = _errno(ex)
                     except Exception:
-                        self._wait_for(me, self._answer_slow, e)
+                        self._wait_for(me, e)
                         continue
                     if err:
                         out_pack(hbuf, h, 16, -err, unique)
@@ -413,7 +412,7 @@ class UringFuseServer(RawFuseServer):
                     self._answer_slow(e)
                     commit(e, unique)
                 else:
-                    self._wait_for(me, self._answer_slow, e)
+                    self._wait_for(me, e)
             u32_pack(rings, cq_head_at, head)
 
     def _answer_slow(self, e: int) -> None:
@@ -458,8 +457,8 @@ class UringFuseServer(RawFuseServer):
 
     # -- waiters -----------------------------------------------------------------------------
 
-    def _wait_for(self, me: _RingThread, fn: Callable[[int], None], e: int) -> None:
-        """Give entry e to a waiter thread; the main ring thread commits it when answered."""
+    def _wait_for(self, me: _RingThread, e: int) -> None:
+        """Give entry e to a waiter thread (_answer_slow); the main ring thread commits it."""
         qid = self._entries.qid[e]
         with self._wlock:
             held = self._held[qid] = self._held.get(qid, 0) + 1
@@ -471,7 +470,7 @@ class UringFuseServer(RawFuseServer):
                 self._waiters += 1
             else:
                 self._idle_waiters -= 1
-        self._waiting.put((fn, e))
+        self._waiting.put(e)
         if spawn:
             threading.Thread(target=self._waiter, name="fuse-uring-wait", daemon=True).start()
 
@@ -490,7 +489,7 @@ class UringFuseServer(RawFuseServer):
         assert main is not None
         while True:
             try:
-                fn, e = self._waiting.get(timeout=5.0)
+                e = self._waiting.get(timeout=5.0)
             except queue.Empty:
                 with self._wlock:
                     if self._idle_waiters > 0:
@@ -498,7 +497,7 @@ class UringFuseServer(RawFuseServer):
                         self._waiters -= 1
                         return
                 continue
-            fn(e)
+            self._answer_slow(e)
             main.done.append(e)
             main.wake()
             with self._wlock:
