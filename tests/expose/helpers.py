@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -46,6 +47,30 @@ def engine_library(ex: Exposer) -> Iterator[DeviceMapper]:
     finally:
         lib.remove_all()
         lib.close()
+
+
+class PythonHeavyBackend(FileBackend):
+    """Each read first runs `python_us` of Python, as a target heavy in Python does: its
+    requests hold the GIL, and more workers cannot serve them faster."""
+
+    python_us = 100
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        end = time.perf_counter() + self.python_us * 1e-6
+        while time.perf_counter() < end:
+            pass
+        super().read(offset, buf)
+
+
+class SlowStorageBackend(FileBackend):
+    """Each read first waits `wait_us` without the GIL, as a read from a slow disk does:
+    a second worker serves another request meanwhile."""
+
+    wait_us = 300
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        time.sleep(self.wait_us * 1e-6)
+        super().read(offset, buf)
 
 
 class SuspendableBackend(FileBackend):

@@ -10,7 +10,13 @@ import pytest
 
 from devmapper.expose import _sys
 
-from .helpers import SuspendableBackend, mounted, run
+from .helpers import (
+    PythonHeavyBackend,
+    SlowStorageBackend,
+    SuspendableBackend,
+    mounted,
+    run,
+)
 
 pytestmark = pytest.mark.root
 
@@ -95,20 +101,32 @@ def test_server_threads_are_io_flushers(exposer, file_backend):
     assert flagged >= 2  # the caller and at least one FUSE worker
 
 
-def test_workers_that_only_share_the_gil_end(make_exposer, file_backend):
-    exposer = make_exposer("raw")  # the /dev/fuse workers' pool (io_uring has none at work)
-    # Small requests at a high rate keep one worker busy; more workers only fight over the
-    # GIL, each now and then missing a monitor tick while it waits for it. Such a worker is
-    # neither stuck (that takes holding one request for _STUCK_FOR) nor needed: a pool grown
-    # past one (as after a moment of CPU starvation) shrinks back while the load goes on.
-    exposer.attach("gil", file_backend("gil", 64 * MiB))
-    node = exposer.node("gil")
-    server = exposer.server
-    fio = subprocess.Popen(
-        ["fio", "--name=gil", f"--filename={node}", "--rw=randread", "--bs=4k", "--iodepth=16",
-         "--ioengine=libaio", "--direct=1", "--time_based", "--runtime=30"],
+def _fio_randread(node: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["fio", "--name=pool", f"--filename={node}", "--rw=randread", "--bs=4k", "--iodepth=16",
+         "--ioengine=libaio", "--direct=1", "--time_based", "--runtime=40"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+
+def _pool_sizes(server: object, seconds: float) -> list[int]:
+    sizes = []
+    for _ in range(int(seconds / 0.05)):
+        sizes.append(server.threads)  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    return sizes
+
+
+def test_workers_that_only_share_the_gil_end(make_exposer, file_backend):
+    # Requests whose every microsecond holds the GIL (here 100 us of Python each, as with a
+    # target heavy in Python) are served no faster by two workers than by one, on any machine,
+    # busy or idle. A pool grown past one (as for a moment of starvation) shrinks back while
+    # the load goes on. The old estimate of the GIL's room (10 us per request) took these few
+    # requests for a GIL with room, and kept every worker.
+    exposer = make_exposer("raw")  # the /dev/fuse workers' pool (io_uring has none at work)
+    exposer.attach("gil", file_backend("gil", 64 * MiB, PythonHeavyBackend))
+    server = exposer.server
+    fio = _fio_randread(exposer.node("gil"))
     try:
         time.sleep(0.5)
         for _ in range(2):
@@ -116,8 +134,36 @@ def test_workers_that_only_share_the_gil_end(make_exposer, file_backend):
         assert server.threads >= 3
         deadline = time.monotonic() + 20
         while server.threads > 1 and time.monotonic() < deadline and fio.poll() is None:
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert server.threads == 1
+        # It stays at one but while a trial of a second worker measures (0.2 s of busy time,
+        # then every 1, 2, 4 ... 16 s): one worker nearly all the time.
+        sizes = _pool_sizes(server, 4)
+        assert sizes.count(1) >= 0.75 * len(sizes), sizes
+        assert fio.poll() is None
+    finally:
+        fio.terminate()
+        fio.wait(30)
+
+
+def test_a_second_worker_that_serves_more_stays(make_exposer, file_backend):
+    # Requests that wait for slow storage without the GIL (300 us each) are served twice as
+    # fast by two workers: the pool grows to two and keeps them, checking now and then that
+    # one would not do.
+    exposer = make_exposer("raw")
+    exposer.attach("slow", file_backend("slow", 64 * MiB, SlowStorageBackend))
+    server = exposer.server
+    fio = _fio_randread(exposer.node("slow"))
+    try:
+        deadline = time.monotonic() + 20
+        while server.threads < 2 and time.monotonic() < deadline and fio.poll() is None:
+            time.sleep(0.05)
+        assert server.threads == 2
+        sizes = _pool_sizes(server, 4)
+        assert max(sizes) == 2  # _ACTIVE_MAX: no more by the trials, none of them stuck
+        assert sizes.count(2) >= 0.75 * len(sizes), sizes
+        assert server.sizer.trials >= 1
+        assert fio.poll() is None
     finally:
         fio.terminate()
         fio.wait(30)

@@ -1,21 +1,12 @@
 """A FUSE server speaking the kernel protocol on /dev/fuse directly, in pure Python.
 
 Threads: each worker owns a cloned /dev/fuse fd (FUSE_DEV_IOC_CLONE) and a page-aligned
-buffer, reads one request and answers it itself (no hand-off between threads). Workers only
-add throughput while they wait in the kernel: two workers running Python fight over the GIL
-and serve fewer small requests than one (4 KiB QD16 from the page cache: 78,000 IOPS with
-one worker, 15,000 with the 33 a spawn-when-none-waits rule started), while large requests
-(READs of at most max_write, 512 KiB: a 1 MiB read comes as two or three) are mostly
-copying, which runs without the GIL and gains from a second worker. So a monitor thread
-sizes the pool from what the workers did in the last 2 ms tick:
-  - every worker stuck on one request for _STUCK_FOR, five ticks (a flush, slow storage, a
-    suspended device): one more, so a blocked device holds only its own requests' threads;
-  - none waiting for requests, fewer than _ACTIVE_MAX running, and so few requests served
-    that the GIL was mostly free (_PYTHON_PER_REQUEST each), three ticks running: one more;
-  - two or more waiting, or, while the GIL was full, more than one not stuck (running or
-    waiting), for a second: the spares end, each at its next request.
-The kernel side is sized to match (max_background), so its queue of asynchronous direct I/O
-never fills up with one device's requests either.
+buffer, reads one request and answers it itself (no hand-off between threads). A monitor
+thread sizes the pool every tick by what the workers did (fuse_pool.PoolSizer): one more when
+all are stuck on a request (a suspended device holds only its own requests' threads), spares
+end, and sizes in between are tried and kept only when they serve more. The kernel side is
+sized to match (max_background), so its queue of asynchronous direct I/O never fills up with
+one device's requests either.
 
 Zero copy: the request is read into two iovecs, the first exactly header + fuse_write_in,
 so a WRITE's payload lands page-aligned in the second and the backend writes from it; a
@@ -60,6 +51,7 @@ import time
 from . import _sys
 from . import fuse_abi as abi
 from .backend import BlockBackend
+from .fuse_pool import PoolSizer
 from .volumes import ROOT_INO, Volume, Volumes
 
 log = logging.getLogger(__name__)
@@ -86,20 +78,6 @@ _FALLOC_PUNCH_HOLE = 0x02
 _FALLOC_ZERO_RANGE = 0x10
 _ZEROES = bytes(1 << 20)
 _GONE = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)
-_TICK_BUSY = 0.002  # monitor period while any worker is busy
-_TICK_IDLE = 0.02  # ... and while all wait: a request blocked meanwhile waits this long for help
-_SPARE_FOR = 1.0  # seconds with two or more workers waiting before one of them ends
-# How long a worker must hold one request to count as stuck. Longer than a tick: workers that
-# only wait for the GIL, or for a CPU while the machine is busy, miss a 2 ms tick now and
-# then; counted as stuck, they grew the pool (8 workers at 4 KiB QD16 for good, each request
-# then a fight for the GIL: -30 %), and kept it from shrinking.
-_STUCK_FOR = 0.010
-# The Python (GIL-holding) part of one request. While the workers together serve fewer than
-# half a tick's worth, the GIL has room: they spend their time in syscalls (copying large
-# requests, waiting on storage or a suspended device), where another worker adds throughput.
-# Past that another worker only fights the others for the GIL.
-_PYTHON_PER_REQUEST = 10e-6
-_ACTIVE_MAX = 2  # running workers (not stuck) the GIL-room rule grows to: one per core here
 # READs from this size on are spliced when the bytes are one direct extent (see _Splicer).
 # Below it the extra syscall outweighs the copy saved (at 32 KiB QD1 the two paths tie).
 _SPLICE_MIN = 64 << 10
@@ -133,6 +111,7 @@ class RawFuseServer:
         # Per worker: [1 while it handles a request (0 in read()), requests taken].
         self._workers: dict[int, list[int]] = {}
         self._surplus = 0  # workers asked to end
+        self.sizer: PoolSizer | None = None  # the monitor's, once it runs
         self._all_gone = threading.Event()
         self._initialized = threading.Event()
         self._stopping = False
@@ -308,54 +287,20 @@ class RawFuseServer:
             return True
 
     def _monitor(self) -> None:
-        """Grows and shrinks the pool by what the workers did in the last tick (see the
-        module's docstring): a worker more when all are stuck, or when all are busy, fewer
-        than _ACTIVE_MAX run and the GIL has room for three ticks running; spares end when two
-        or more wait, or when more than one is not stuck while the GIL is full, for a
-        second."""
-        seen: dict[int, tuple[int, float]] = {}  # worker -> (requests taken, since when)
-        roomy_ticks = 0
-        spare_since: float | None = None
-        tick = _TICK_IDLE
+        """Applies fuse_pool.PoolSizer's answer to what the workers did in each tick."""
+        sizer = PoolSizer(self.min_threads)
+        self.sizer = sizer
         last = time.monotonic()
         while not self._stopping and not self._all_gone.is_set():
-            time.sleep(tick)
+            time.sleep(sizer.tick)
             now = time.monotonic()
-            elapsed, last = now - last, now
-            workers = list(self._workers.items())
-            waiting = stuck = served = 0
-            now_seen = {}
-            for ident, (busy, seq) in workers:
-                before, since = seen.get(ident, (-1, now))
-                if seq != before:
-                    since = now
-                now_seen[ident] = (seq, since)
-                waiting += not busy
-                stuck += busy and now - since >= _STUCK_FOR
-                served += seq - before if before >= 0 else 0
-            seen = now_seen
-            active = len(workers) - waiting - stuck
-            roomy = served * _PYTHON_PER_REQUEST < elapsed / 2
-            # A tick that began idle says nothing of the load that has just started.
-            counts = tick == _TICK_BUSY and not waiting
-            tick = _TICK_BUSY if waiting < len(workers) else _TICK_IDLE
-            roomy_ticks = roomy_ticks + 1 if counts and roomy else 0
-            if workers and stuck == len(workers) or roomy_ticks >= 3 and active < _ACTIVE_MAX:
-                roomy_ticks = 0
-                spare_since = None
+            change = sizer.observe(now, now - last, list(self._workers.items()))
+            last = now
+            if change > 0:
                 self._grow()
-                continue
-            # With the GIL full one worker serves as many requests as two: every worker not
-            # stuck is spare but one, whether it is running or waiting at this instant.
-            spare = waiting - 1 if waiting >= 2 else 0 if roomy else len(workers) - stuck - 1
-            if spare <= 0 or len(workers) <= self.min_threads:
-                spare_since = None
-            elif spare_since is None:
-                spare_since = now
-            elif now - spare_since >= _SPARE_FOR:
+            elif change < 0:
                 with self._lock:
-                    self._surplus = spare
-                spare_since = None
+                    self._surplus = -change
 
     def _grow(self) -> None:
         with self._lock:
