@@ -118,4 +118,4 @@ def test_busy_machine_gain_keeps_the_second_worker():
     world = World(lambda n: 38_000 if n == 1 else 49_000)
     world.run(30)
     assert world.share(2, 10_000) > 0.9
-    assert TICK_BUSY == world.sizer.tick
+    assert world.sizer.tick == TICK_BUSY
