@@ -13,6 +13,7 @@ import threading
 from array import array
 from typing import TYPE_CHECKING, TypeVar
 
+from devmapper.engine.underlying import map_read_only
 from devmapper.io_gate import Gate
 from devmapper.targets.base import SECTOR_SHIFT, Requeue
 from devmapper.uapi import encode_dev
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 _preadv = os.preadv
+_writev = os.writev
 _pwritev = os.pwritev
 
 
@@ -66,6 +68,7 @@ class MappedDevice:
         self._map = array("q", (-1, 0))
         self._shift = 63
         self._fds: list[int] = []
+        self._views: list[memoryview | None] = []
         self._read: Callable[[int, memoryview], None] = self._no_table
         self._write: Callable[[int, memoryview, bool], None] = self._no_table
 
@@ -151,6 +154,7 @@ class MappedDevice:
         self.read_only = table.read_only
         self._nbytes = table.nbytes
         self._map, self._shift, self._fds = table.io_map, table.io_shift, table.io_fds
+        self._views = table.io_views
         self._read, self._write = table.io_entry_points()
         return old
 
@@ -287,6 +291,41 @@ class MappedDevice:
         except _WouldWait:
             return False
         return True
+
+    def send(self, out: int, header: bytes, offset: int, n: int) -> bool:
+        """One writev(out, header + bytes [offset, offset + n)) straight from a read-only
+        mapping of the backing (map_read_only), inside the gate: one copy and one syscall
+        where read() and a writev of its buffer take two of each. False, with nothing written,
+        where it cannot be (the gate closed, not one direct extent, past the mapping): then
+        read(). writev's OSError goes to the caller; EFAULT means the backing shrank under
+        the mapping (the kernel's copy faulted)."""
+        inflight = self._inflight
+        inflight.append(None)
+        try:
+            if self._gate.blocked or offset < 0:
+                return False
+            io_map = self._map
+            i = offset >> self._shift << 1
+            try:
+                end = io_map[i]
+            except IndexError:
+                return False
+            if offset + n > end:  # spans extents, or not direct (end -1)
+                return False
+            code = io_map[i + 1]
+            idx = code & 511
+            view = self._views[idx]
+            if view is None:  # two requests may map it at once: one mapping stays
+                view = self._views[idx] = map_read_only(self._fds[idx])
+            pos = offset + (code & -512)
+            if pos + n > len(view):
+                return False
+            _writev(out, (header, view[pos:pos + n]))
+            return True
+        finally:
+            inflight.pop()
+            if self._gate.blocked:
+                self._gate.notify()
 
     def direct(self, offset: int, size: int, fn: Callable[[int, int], _T]) -> _T | None:
         """``fn(fd, position)`` inside the gate when bytes [offset, offset + size) are one

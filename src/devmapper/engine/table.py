@@ -13,6 +13,7 @@ from array import array
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
+from devmapper.engine.underlying import unmap
 from devmapper.targets import lookup_target_type
 from devmapper.targets.base import SECTOR, SECTOR_SHIFT, Target, TargetError
 from devmapper.uapi import split_params
@@ -55,6 +56,8 @@ class Table:
         self.io_map = array("q", (-1, 0))
         self.io_shift = 63
         self.io_fds: list[int] = []
+        # Read-only mappings of io_fds, made at a descriptor's first MappedDevice.send.
+        self.io_views: list[memoryview | None] = []
         self.takes_discards = False  # set by complete()
 
     # ---- TargetContext
@@ -158,6 +161,7 @@ class Table:
             ext_ends.append(end)
             codes.append(code)
         self.io_fds = sorted(fd_index, key=fd_index.__getitem__)
+        self.io_views = [None] * len(self.io_fds)
         shift = max(0, (self.nbytes // len(ext_ends)).bit_length() - 1)  # <= 2 per extent
         size = 1 << shift
         pairs: list[int] = []
@@ -225,6 +229,10 @@ class Table:
         return self.targets[self._index(sector << SECTOR_SHIFT)]
 
     def destroy(self) -> None:
+        for view in self.io_views:  # no request runs: the table is not live, or suspended
+            if view is not None:
+                unmap(view)
+        self.io_views = [None] * len(self.io_fds)
         for t in self.targets:
             t.destroy()
         for dev in self._devices.values():

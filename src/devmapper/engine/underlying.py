@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import struct
@@ -144,6 +145,37 @@ class FdDevice:
         if self.fd != self.node_fd:
             os.close(self.fd)
         os.close(self.node_fd)
+
+
+def map_read_only(fd: int) -> memoryview:
+    """All of regular file or block device `fd`, mapped shared and read-only, for replies
+    written straight from the page cache (MappedDevice.send); empty where it cannot be mapped.
+    Only the kernel reads it (a writev's copy), so bytes past a shrunk file's end are an
+    EFAULT there, never a SIGBUS here."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            size = st.st_size
+        elif stat.S_ISBLK(st.st_mode):
+            size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
+        else:
+            size = 0
+        if size:
+            return memoryview(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ))
+    except (OSError, ValueError, OverflowError):  # O_WRONLY, no mmap on this filesystem
+        pass
+    return memoryview(b"")
+
+
+def unmap(view: memoryview) -> None:
+    """Undo map_read_only once no request uses the mapping any more."""
+    mapping = view.obj
+    view.release()
+    if isinstance(mapping, mmap.mmap):
+        try:
+            mapping.close()
+        except BufferError:  # a slice still referenced (from a traceback): the GC unmaps it
+            pass
 
 
 def open_loop_backing(node_fd: int, minor: int, flags: int) -> int | None:

@@ -26,6 +26,11 @@ class Volume:
     dev: tuple[int, int] = (0, 0)  # its major:minor
     open_files: int = 0  # FUSE opens of the file (the loop device holds one)
     deferred: bool = False  # remove once the last FUSE open is released
+    # backend.send (see BlockBackend), looked up once for the READ path
+    send: Callable[[int, bytes, int, int], bool] | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.send = getattr(self.backend, "send", None)
 
     @property
     def writable(self) -> bool:
