@@ -72,13 +72,10 @@ class _Trial:
         self.size = size  # workers the trial measures
         self.before = before
         self.deadline = now + _TRIAL_WITHIN
-        self.rate = _Rate()
 
-    def kept(self) -> bool:
-        """Whether the new size serves enough to stay."""
-        if self.step > 0:
-            return self.rate.value >= self.before * (1 + _GAIN)
-        return self.rate.value >= self.before * (1 - _GAIN)
+    def kept(self, rate: float) -> bool:
+        """Whether the new size, measured serving `rate`, serves enough to stay."""
+        return rate >= self.before * (1 + _GAIN if self.step > 0 else 1 - _GAIN)
 
 
 class PoolSizer:
@@ -159,20 +156,15 @@ class PoolSizer:
     def _judge(self, now: float, size: int) -> int:
         trial = self._trial
         assert trial is not None
-        if size == trial.size and self._recent.elapsed >= _TRIAL_FOR:
-            trial.rate = self._recent
-        elif now < trial.deadline:
-            return 0
-        else:  # the size never settled or the load went away: no verdict
-            self._trial = None
-            self._next_trial = now + self._hold
+        settled = size == trial.size and self._recent.elapsed >= _TRIAL_FOR
+        if not settled and now < trial.deadline:
             return 0
         self._trial = None
-        self.trials += 1
-        if trial.kept():
-            self._hold = _HOLD_MIN
+        if not settled:  # the size never settled or the load went away: no verdict
             self._next_trial = now + self._hold
             return 0
-        self._hold = min(self._hold * 2, _HOLD_MAX)
+        self.trials += 1
+        kept = trial.kept(self._recent.value)
+        self._hold = _HOLD_MIN if kept else min(self._hold * 2, _HOLD_MAX)
         self._next_trial = now + self._hold
-        return -trial.step
+        return 0 if kept else -trial.step

@@ -13,9 +13,9 @@ so a WRITE's payload lands page-aligned in the second and the backend writes fro
 READ's backend fills that same buffer and writev() sends header + data. That READ copies
 twice (backing file -> buffer -> requester) in two syscalls, so a smaller READ goes to the
 backend's send() where it has one (MappedDevice.send: one writev of header + the bytes
-straight from a read-only mapping of the backing; 4 KiB QD16 reads 0.33 -> 0.40 of the
-loop device), and a READ of _SPLICE_MIN or more whose bytes
-are one direct extent of a backing descriptor (MappedDevice.direct) is spliced instead:
+straight from a read-only mapping of the backing; 4 KiB QD16 reads 0.33 -> 0.38 of the
+loop device), and a READ of _SPLICE_MIN or more whose bytes are one direct extent of a
+backing descriptor (MappedDevice.direct) is spliced instead:
 header into the worker's pipe, the file's pages spliced in behind it (references, no copy),
 the lot spliced into /dev/fuse (the one copy), all inside the device's I/O gate, so a suspend
 still waits for the reply. The pipe is 1 MiB (fs/pipe-max-size) and a reply must fit it
